@@ -1,0 +1,22 @@
+# Set-up is part of every target: a fresh machine needs only python3 (>= 3.10) and make.
+PY := .venv/bin/python
+STAMP := .venv/.installed
+
+$(STAMP): pyproject.toml
+	python3 -m venv .venv
+	# torch first and pinned, so pip takes the local CPU build rather than a CUDA download
+	.venv/bin/pip install --quiet torch==2.13.0
+	.venv/bin/pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+.PHONY: setup demo test bench
+setup: $(STAMP)
+
+demo: $(STAMP)
+	.venv/bin/pretrained demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) bench/bench_load.py && $(PY) bench/bench_save.py

@@ -1,0 +1,1 @@
+"""Checkpoint files: which files form a checkpoint, how tensors are split into shards, reading and writing."""

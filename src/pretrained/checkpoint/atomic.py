@@ -1,0 +1,179 @@
+"""Crash-safe saving into a folder that may already hold a checkpoint.
+
+A save is one commit of many files. It goes in four steps; a process killed between any two leaves a
+folder that reads as exactly one complete checkpoint:
+
+1. *stage*: every new file is written into a hidden staging folder inside the target and fsync'd.
+   A reader sees the previous checkpoint (staging folders are invisible to it).
+2. *mark*: a manifest ``.pretrained-save.json`` naming the staging folder, the new files and the stale files
+   to delete is written atomically (write, fsync, rename). From here on a reader resolves names through the
+   manifest, so it sees the new checkpoint: each new file is either still staged or already moved in.
+3. *move*: new files are renamed into place (atomic per file), then stale files are deleted.
+4. *unmark*: the manifest is removed; the folder is now an ordinary checkpoint.
+
+The next save into the folder first finishes (rolls forward) any marked commit, and clears abandoned staging
+folders. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterable
+
+from ..errors import SaveInterruptedError
+
+MARKER = ".pretrained-save.json"
+STAGING_PREFIX = ".pretrained-staging-"
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Replace one small file atomically (temp file, fsync, rename, fsync folder)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    fsync_dir(folder)
+
+
+def _read_marker(folder: str) -> dict | None:
+    path = os.path.join(folder, MARKER)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:  # cannot happen through our writer: it is renamed into place whole
+        raise SaveInterruptedError(
+            f"'{path}' (the record of a save in progress) is unreadable: {e}. A save into '{folder}' was "
+            "interrupted; save the model again into this folder."
+        ) from e
+
+
+def locate(folder: str, filename: str) -> str | None:
+    """The path a reader should open for `filename` in `folder`, or None if it is not part of the checkpoint."""
+    marker = _read_marker(folder)
+    if marker is not None:
+        if filename in marker["files"]:
+            for candidate in (os.path.join(folder, marker["staging"], filename), os.path.join(folder, filename)):
+                if os.path.isfile(candidate):
+                    return candidate
+            raise SaveInterruptedError(
+                f"A save into '{folder}' was interrupted and its file '{filename}' is gone (the staging folder "
+                f"'{marker['staging']}' was removed?). Save the model again into this folder."
+            )
+        if filename in marker["remove"]:
+            return None
+    path = os.path.join(folder, filename)
+    return path if os.path.isfile(path) else None
+
+
+def list_files(folder: str) -> list[str]:
+    """Names of the files a reader sees in `folder` (staging folders and the marker hidden)."""
+    marker = _read_marker(folder)
+    names = {n for n in os.listdir(folder) if os.path.isfile(os.path.join(folder, n)) and n != MARKER}
+    if marker is not None:
+        names = (names - set(marker["remove"])) | set(marker["files"])
+    return sorted(n for n in names if not n.startswith(STAGING_PREFIX) and not n.endswith(".tmp"))
+
+
+def _roll_forward(folder: str, marker: dict) -> None:
+    staging = os.path.join(folder, marker["staging"])
+    for name in marker["files"]:
+        staged = os.path.join(staging, name)
+        if os.path.isfile(staged):
+            os.replace(staged, os.path.join(folder, name))
+    fsync_dir(folder)
+    for name in marker["remove"]:
+        try:
+            os.unlink(os.path.join(folder, name))
+        except FileNotFoundError:
+            pass
+    fsync_dir(folder)
+    os.unlink(os.path.join(folder, MARKER))
+    fsync_dir(folder)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def recover(folder: str) -> None:
+    """Finish a marked commit left by a killed save, and delete abandoned staging folders."""
+    marker = _read_marker(folder)
+    if marker is not None:
+        _roll_forward(folder, marker)
+    for name in os.listdir(folder):
+        if name.startswith(STAGING_PREFIX):
+            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+
+
+class AtomicSave:
+    """Stage files, then commit them into `folder` in one step.
+
+        with AtomicSave(folder) as save:
+            write(save.path("model.safetensors"))
+            save.commit(remove=["old-shard.safetensors"])
+
+    Leaving the block without `commit` (an exception) discards the staged files and leaves the folder as it was.
+    """
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = os.fspath(folder)
+        os.makedirs(self.folder, exist_ok=True)
+        recover(self.folder)
+        self.staging_name = f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
+        self.staging = os.path.join(self.folder, self.staging_name)
+        os.mkdir(self.staging)
+        self.files: list[str] = []
+        self.committed = False
+
+    def path(self, filename: str) -> str:
+        if os.sep in filename or filename.startswith("."):
+            raise ValueError(f"'{filename}' must be a plain file name.")
+        if filename not in self.files:
+            self.files.append(filename)
+        return os.path.join(self.staging, filename)
+
+    def write_text(self, filename: str, text: str) -> None:
+        with open(self.path(filename), "w", encoding="utf-8") as f:
+            f.write(text)
+
+    def commit(self, remove: Iterable[str] = ()) -> None:
+        for name in self.files:
+            fsync_file(os.path.join(self.staging, name))
+        fsync_dir(self.staging)
+        remove = sorted(set(remove) - set(self.files))
+        marker = {"staging": self.staging_name, "files": self.files, "remove": remove}
+        write_text_atomic(os.path.join(self.folder, MARKER), json.dumps(marker, indent=1))
+        _roll_forward(self.folder, marker)
+        self.committed = True
+
+    def __enter__(self) -> AtomicSave:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self.committed:
+            shutil.rmtree(self.staging, ignore_errors=True)

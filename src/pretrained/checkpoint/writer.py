@@ -1,0 +1,101 @@
+"""Writing a checkpoint: plan shards, write them (plus config files) into a staging folder, commit atomically.
+
+Exactly what the ecosystem writes: `model.safetensors` or `model-0000i-of-0000n.safetensors` with
+`model.safetensors.index.json` (`metadata.total_size`, `metadata.total_parameters`, `weight_map`), safetensors
+metadata `{"format": "pt"}`; or the pickle twins with `safe_serialization=False`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+
+import torch
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from .atomic import AtomicSave, list_files
+from .files import PT_INDEX, PT_WEIGHTS, SAFE_INDEX, SAFE_WEIGHTS
+from .shards import DEFAULT_MAX_SHARD_SIZE, Entry, add_variant, build_index, is_shard_of, plan_shards, shard_filenames
+
+
+def _storage_key(t: torch.Tensor) -> tuple:
+    return (t.device.type, t.untyped_storage().data_ptr()) if t.device.type != "meta" else ("meta", id(t))
+
+
+def dedupe_shared(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Drop tensors that are the very same view of the same memory as an earlier one; returns (kept, dropped->kept)."""
+    seen: dict[tuple, str] = {}
+    kept, dropped = {}, {}
+    for name, t in state_dict.items():
+        key = (*_storage_key(t), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+        if key in seen:
+            dropped[name] = seen[key]
+        else:
+            seen[key] = name
+            kept[name] = t
+    return kept, dropped
+
+
+def _owned(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous CPU tensors that own their bytes (views sharing a storage are copied; the rest are not)."""
+    count: dict[tuple, int] = {}
+    for t in tensors.values():
+        count[_storage_key(t)] = count.get(_storage_key(t), 0) + 1
+    out = {}
+    for name, t in tensors.items():
+        t = t.detach().to("cpu")
+        shared = count[_storage_key(t)] > 1 or t.untyped_storage().nbytes() != t.nbytes
+        out[name] = t.clone(memory_format=torch.contiguous_format) if shared or not t.is_contiguous() else t
+    return out
+
+
+def save_checkpoint(
+    folder: str | os.PathLike,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+    safe_serialization: bool = True,
+    variant: str | None = None,
+    extra_files: Mapping[str, str] | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Write `state_dict` (and small text files such as config.json) into `folder` in one atomic commit.
+
+    Weight files of the same format and variant left by an earlier save are removed in the same commit.
+    Returns the names of the weight files written.
+    """
+    folder = os.fspath(folder)
+    if os.path.isfile(folder):
+        raise NotADirectoryError(f"save_directory '{folder}' is a file; give a folder.")
+    tensors, _ = dedupe_shared(state_dict)
+    for name, t in tensors.items():
+        if t.device.type == "meta":
+            raise ValueError(f"Tensor '{name}' is on the meta device (never loaded); it has no data to save.")
+    weights_name = add_variant(SAFE_WEIGHTS if safe_serialization else PT_WEIGHTS, variant)
+    index_name = add_variant(SAFE_INDEX if safe_serialization else PT_INDEX, variant)
+    entries = [Entry(n, t.nbytes, _storage_key(t)) for n, t in tensors.items()]
+    plan = plan_shards(entries, max_shard_size)
+    filenames = shard_filenames(len(plan), weights_name)
+    with AtomicSave(folder) as save:
+        bar = tqdm(total=len(plan), desc="Writing model shards", unit="shard", disable=len(plan) < 2)
+        for names, filename in zip(plan, filenames):
+            shard = _owned({n: tensors[n] for n in names})
+            if safe_serialization:
+                save_file(shard, save.path(filename), metadata={"format": "pt", **(metadata or {})})
+            else:
+                torch.save(shard, save.path(filename))
+            bar.update(1)
+        bar.close()
+        if len(plan) > 1:
+            total_size = sum(t.nbytes for t in tensors.values())
+            total_params = sum(t.numel() for t in tensors.values())
+            index = build_index(plan, filenames, total_size, total_params)
+            save.write_text(index_name, json.dumps(index, indent=2) + "\n")
+        for name, text in (extra_files or {}).items():
+            save.write_text(name, text)
+        existing = list_files(folder)
+        stale = [n for n in existing if (is_shard_of(n, weights_name) or n == index_name) and n not in filenames]
+        save.commit(remove=stale)
+    return filenames

@@ -1,0 +1,1 @@
+"""Generation: caches now; GenerationMixin and GenerationConfig arrive with the generation issue."""

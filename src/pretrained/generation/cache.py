@@ -1,0 +1,39 @@
+"""A growing key/value cache: one (key, value) pair per layer, concatenated along the sequence axis."""
+
+from __future__ import annotations
+
+import torch
+
+
+class DynamicCache:
+    """Keys and values of shape (batch, kv_heads, seq, head_dim) per layer, grown by `update`."""
+
+    def __init__(self, config=None) -> None:
+        self.keys: list[torch.Tensor | None] = []
+        self.values: list[torch.Tensor | None] = []
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append this step's key/value for `layer_idx`; returns the whole cached key/value of that layer."""
+        while len(self.keys) <= layer_idx:
+            self.keys.append(None)
+            self.values.append(None)
+        if self.keys[layer_idx] is None:
+            self.keys[layer_idx], self.values[layer_idx] = key, value
+        else:
+            self.keys[layer_idx] = torch.cat([self.keys[layer_idx], key], dim=-2)
+            self.values[layer_idx] = torch.cat([self.values[layer_idx], value], dim=-2)
+        return self.keys[layer_idx], self.values[layer_idx]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        if layer_idx >= len(self.keys) or self.keys[layer_idx] is None:
+            return 0
+        return self.keys[layer_idx].shape[-2]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        for i in range(len(self.keys)):
+            if self.keys[i] is not None:
+                self.keys[i] = self.keys[i].index_select(0, beam_idx.to(self.keys[i].device))
+                self.values[i] = self.values[i].index_select(0, beam_idx.to(self.values[i].device))

@@ -1,0 +1,417 @@
+"""`PreTrainedModel`: the base class of every model — building, loading, saving, tying and resizing.
+
+A family declares what the core needs once, as data (`ModelFacts`); the core never names a family.
+The reference library's class attributes (`base_model_prefix`, `_no_split_modules`, `_tied_weights_keys`,
+`_keep_in_fp32_modules`, `main_input_name`) are derived from those facts, so tools written against it work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..checkpoint.files import find_checkpoint
+from ..checkpoint.reader import CheckpointReader, TensorInfo
+from ..checkpoint.shards import DEFAULT_MAX_SHARD_SIZE
+from ..checkpoint.writer import save_checkpoint
+from ..configuration import CONFIG_NAME, PretrainedConfig
+from ..errors import ConfigError, LoadingError
+from ..hub.resolve import pop_hub_kwargs
+from ..layers.attention import check_implementation
+from .dtype import as_dtype, module_dtype, resolve_dtype
+from .embeddings import resized_embedding, resized_linear_rows
+from .loading import LoadingInfo, initialise_meta, load_into
+from .utils import ModuleUtilsMixin
+
+GENERATION_CONFIG_NAME = "generation_config.json"
+_SKIP_INIT = contextvars.ContextVar("pretrained_skip_init", default=False)
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the core needs to know about a family or class, declared in one place."""
+
+    base_model_prefix: str = ""  # attribute holding the base model in task models ("model")
+    no_split_modules: tuple[str, ...] = ()  # block classes a device map must not cut
+    tied_weights: Mapping[str, str] = field(default_factory=dict)  # target -> source, when config ties embeddings
+    keep_in_fp32_modules: tuple[str, ...] = ()  # module names kept float32 under fp16/bf16
+    main_input_name: str = "input_ids"
+    input_embeddings: str = ""  # path of the input nn.Embedding inside the base model
+    output_embeddings: str = ""  # path of the output projection inside the task model
+    checkpoint_key_fixes: tuple[tuple[str, str], ...] = ()  # (regex, replacement) on checkpoint names
+    supports_gradient_checkpointing: bool = False
+    can_generate: bool = False
+
+    def but(self, **changes: Any) -> ModelFacts:
+        """A copy with some facts changed (a task class adds its ties to the family's facts)."""
+        return dataclasses.replace(self, **changes)
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+@contextlib.contextmanager
+def no_init_weights():
+    """Inside, `post_init` leaves weights uninitialised (they are about to be loaded)."""
+    token = _SKIP_INIT.set(True)
+    try:
+        yield
+    finally:
+        _SKIP_INIT.reset(token)
+
+
+class PreTrainedModel(nn.Module, ModuleUtilsMixin):
+    config_class: ClassVar[type[PretrainedConfig]] = PretrainedConfig
+    facts: ClassVar[ModelFacts] = ModelFacts()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        f = cls.facts  # the reference's names, derived from the facts
+        cls.base_model_prefix = f.base_model_prefix
+        cls._no_split_modules = list(f.no_split_modules)
+        cls._tied_weights_keys = dict(f.tied_weights)
+        cls._keep_in_fp32_modules = list(f.keep_in_fp32_modules)
+        cls.main_input_name = f.main_input_name
+        cls.supports_gradient_checkpointing = f.supports_gradient_checkpointing
+
+    def __init__(self, config: PretrainedConfig, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+        if not isinstance(config, PretrainedConfig):
+            raise ConfigError(
+                f"{type(self).__name__} needs a PretrainedConfig, got {type(config).__name__}. Build one with "
+                f"{self.config_class.__name__}(...) or AutoConfig.from_pretrained(...)."
+            )
+        config._attn_implementation = check_implementation(config._attn_implementation)
+        self.config = config
+        self.name_or_path = getattr(config, "_name_or_path", "")
+
+    # ---- initialisation ----------------------------------------------------------------------
+    def post_init(self) -> None:
+        """Called at the end of a family's __init__: initialise weights (skipped when about to load)."""
+        if not _SKIP_INIT.get():
+            self.init_weights()
+
+    def init_weights(self) -> None:
+        if any(p.is_meta for p in self.parameters()):
+            return  # a skeleton: nothing to initialise yet
+        with torch.no_grad():
+            for module in self.modules():
+                self._init_weights(module)
+        self.tie_weights()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Default initialisation: normal(0, initializer_range) for linear and embedding weights, zeros for
+        biases and padding rows, ones for norm weights. Families override to differ."""
+        std = getattr(self.config, "initializer_range", 0.02)
+        if isinstance(module, nn.Linear):
+            module.weight.normal_(0.0, std)
+            if module.bias is not None:
+                module.bias.zero_()
+        elif isinstance(module, nn.Embedding):
+            module.weight.normal_(0.0, std)
+            if module.padding_idx is not None:
+                module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm) or "Norm" in type(module).__name__:
+            if getattr(module, "weight", None) is not None:
+                module.weight.fill_(0.0 if getattr(module, "offset", 0.0) else 1.0)
+            if getattr(module, "bias", None) is not None:
+                module.bias.zero_()
+
+    @classmethod
+    def can_generate(cls) -> bool:
+        return cls.facts.can_generate
+
+    @property
+    def base_model(self) -> nn.Module:
+        return getattr(self, self.facts.base_model_prefix, self) if self.facts.base_model_prefix else self
+
+    # ---- ties and embeddings -----------------------------------------------------------------
+    def active_ties(self) -> dict[str, str]:
+        """Declared ties in force for this config (target name -> source name)."""
+        return dict(self.facts.tied_weights) if getattr(self.config, "tie_word_embeddings", False) else {}
+
+    def tie_weights(self) -> None:
+        """Make each tied target the very same Parameter as its source."""
+        for target, source in self.active_ties().items():
+            module_name, _, leaf = target.rpartition(".")
+            setattr(self.get_submodule(module_name), leaf, self.get_parameter(source))
+
+    def get_input_embeddings(self) -> nn.Module:
+        if not self.facts.input_embeddings:
+            raise NotImplementedError(f"{type(self).__name__} declares no input embeddings.")
+        return self.base_model.get_submodule(self.facts.input_embeddings)
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        parent, _, leaf = self.facts.input_embeddings.rpartition(".")
+        setattr(self.base_model.get_submodule(parent), leaf, value)
+
+    def get_output_embeddings(self) -> nn.Module | None:
+        return self.get_submodule(self.facts.output_embeddings) if self.facts.output_embeddings else None
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        parent, _, leaf = self.facts.output_embeddings.rpartition(".")
+        setattr(self.get_submodule(parent), leaf, value)
+
+    def resize_token_embeddings(
+        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
+    ) -> nn.Embedding:
+        """Resize the vocabulary to `new_num_tokens` (rounded up to `pad_to_multiple_of`): old rows kept, new rows
+        around the old mean, `config.vocab_size` updated, ties kept. Returns the input embedding module."""
+        old = self.get_input_embeddings()
+        if new_num_tokens is None and pad_to_multiple_of is None:
+            return old
+        new_num = old.num_embeddings if new_num_tokens is None else int(new_num_tokens)
+        if pad_to_multiple_of is not None:
+            if not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of <= 0:
+                raise ValueError(f"pad_to_multiple_of must be a positive int, got {pad_to_multiple_of!r}.")
+            new_num = -(-new_num // pad_to_multiple_of) * pad_to_multiple_of
+        if new_num <= 0:
+            raise ValueError(f"new_num_tokens must be positive, got {new_num_tokens}.")
+        std = getattr(self.config, "initializer_range", 0.02)
+        self.set_input_embeddings(resized_embedding(old, new_num, mean_resizing, std))
+        out = self.get_output_embeddings()
+        if out is not None and not self.active_ties():
+            self.set_output_embeddings(resized_linear_rows(out, new_num, mean_resizing, std))
+        self.config.vocab_size = new_num
+        if hasattr(self.get_input_embeddings(), "num_embeddings"):
+            self.vocab_size = new_num
+        self.tie_weights()
+        return self.get_input_embeddings()
+
+    # ---- gradient checkpointing --------------------------------------------------------------
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        if not self.facts.supports_gradient_checkpointing:
+            raise ValueError(f"{type(self).__name__} does not support gradient checkpointing.")
+        kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
+        for module in self.modules():
+            if hasattr(module, "gradient_checkpointing"):
+                module.gradient_checkpointing = True
+                module.gradient_checkpointing_kwargs = kwargs
+
+    def gradient_checkpointing_disable(self) -> None:
+        for module in self.modules():
+            if hasattr(module, "gradient_checkpointing"):
+                module.gradient_checkpointing = False
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return any(getattr(m, "gradient_checkpointing", False) for m in self.modules())
+
+    # ---- building ----------------------------------------------------------------------------
+    @classmethod
+    def _check_config(cls, config: PretrainedConfig) -> None:
+        expected = cls.config_class
+        if expected is not PretrainedConfig and not isinstance(config, expected):
+            raise ConfigError(
+                f"{cls.__name__} needs a {expected.__name__} (model_type '{expected.model_type}'), but the config is a "
+                f"{type(config).__name__} (model_type '{config.model_type}'). Use the Auto classes to pick the "
+                "right model class for a checkpoint."
+            )
+
+    @classmethod
+    def _skeleton(cls, config: PretrainedConfig, dtype: torch.dtype) -> PreTrainedModel:
+        """The model on the meta device in `dtype` (fp32-kept modules in float32), weights not initialised."""
+        with torch.device("meta"), _default_dtype(dtype), no_init_weights():
+            model = cls(config)
+        keep = tuple(cls.facts.keep_in_fp32_modules)
+        if keep and dtype in (torch.float16, torch.bfloat16):
+            for name, module in model.named_modules():
+                if name and module_dtype(name, dtype, keep) == torch.float32:
+                    module.to(torch.float32)
+        return model
+
+    @classmethod
+    def from_config(cls, config: PretrainedConfig, **kwargs: Any) -> PreTrainedModel:
+        """A freshly initialised model. `dtype`/`torch_dtype` and `attn_implementation` are honoured."""
+        return cls._from_config(config, **kwargs)
+
+    @classmethod
+    def _from_config(cls, config: PretrainedConfig, **kwargs: Any) -> PreTrainedModel:
+        dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
+        if "attn_implementation" in kwargs:
+            config._attn_implementation = kwargs.pop("attn_implementation")
+        if kwargs:
+            raise TypeError(f"from_config() got unexpected arguments: {', '.join(kwargs)}.")
+        cls._check_config(config)
+        dtype = as_dtype(dtype) if dtype is not None and dtype != "auto" else torch.get_default_dtype()
+        model = cls._skeleton(config, dtype)
+        initialise_meta(model, "cpu")
+        model.tie_weights()
+        config.dtype = dtype
+        return model
+
+    # ---- loading -----------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike | None,
+        *model_args: Any,
+        config: PretrainedConfig | str | os.PathLike | None = None,
+        ignore_mismatched_sizes: bool = False,
+        use_safetensors: bool | None = None,
+        weights_only: bool = True,
+        **kwargs: Any,
+    ):
+        """Build the model on the meta device and stream a checkpoint into it.
+
+        Args:
+            pretrained_model_name_or_path: a folder, a weights file, or a Hub repo id (`org/name`).
+            config: a config object, or where to read one (defaults to the checkpoint's own `config.json`).
+            dtype / torch_dtype: a torch dtype, its name, or "auto" (default: config's dtype, else the weights').
+            device_map: None, or one device ("cpu", "cuda:0", 0, torch.device) that every weight goes to.
+            output_loading_info: also return {"missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"}.
+            ignore_mismatched_sizes: initialise weights whose checkpoint shape differs instead of raising.
+            use_safetensors: True = safetensors only; False = pickle only; None = safetensors first.
+            variant: e.g. "fp16" for `model.fp16.safetensors`.
+            attn_implementation: "sdpa" (default) or "eager".
+            state_dict: load these tensors instead of reading files (the config must then come from `config`).
+            revision, subfolder, cache_dir, token, local_files_only, force_download: where to find the files.
+            Any other keyword that names a config attribute overrides it (e.g. `num_labels=3`).
+        """
+        if not weights_only:
+            raise ValueError("weights_only=False would unpickle arbitrary code; pretrained only loads weights safely.")
+        if model_args:
+            raise TypeError("Positional model arguments are not supported; pass a config instead.")
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        requested_dtype = kwargs.pop("dtype", None)
+        legacy_dtype = kwargs.pop("torch_dtype", None)
+        requested_dtype = requested_dtype if requested_dtype is not None else legacy_dtype
+        device = _single_device(kwargs.pop("device_map", None))
+        attn = kwargs.pop("attn_implementation", None)
+        variant = kwargs.pop("variant", None)
+        state_dict = kwargs.pop("state_dict", None)
+        kwargs.pop("low_cpu_mem_usage", None)  # always low: the model is built on the meta device
+        hub = pop_hub_kwargs(kwargs)
+
+        if not isinstance(config, PretrainedConfig):
+            source = config if config is not None else pretrained_model_name_or_path
+            if source is None:
+                raise ValueError("Give a checkpoint location or a config.")
+            config, kwargs = cls.config_class.from_pretrained(source, return_unused_kwargs=True, **hub, **kwargs)
+        else:
+            config, kwargs = cls.config_class.from_dict(config.to_dict(), return_unused_kwargs=True, **kwargs) \
+                if kwargs else (config, kwargs)
+        if kwargs:
+            raise TypeError(f"from_pretrained() got arguments that are neither loading options nor config "
+                            f"attributes: {', '.join(sorted(kwargs))}.")
+        cls._check_config(config)
+        if attn is not None:
+            config._attn_implementation = check_implementation(attn)
+        if pretrained_model_name_or_path is not None:
+            config._name_or_path = os.fspath(pretrained_model_name_or_path)
+
+        if state_dict is not None:
+            reader = _StateDictReader(state_dict)
+        else:
+            files = find_checkpoint(pretrained_model_name_or_path, variant=variant, use_safetensors=use_safetensors, **hub)
+            reader = CheckpointReader(files.files, files.format)
+        dtype = resolve_dtype(requested_dtype, config.dtype, reader.first_floating_dtype())
+        model = cls._skeleton(config, dtype)
+        info = load_into(model, reader, device=device, ignore_mismatched_sizes=ignore_mismatched_sizes)
+        config.dtype = dtype
+        model.eval()
+        model.loading_info = info
+        return (model, info.as_dict()) if output_loading_info else model
+
+    # ---- saving ------------------------------------------------------------------------------
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        is_main_process: bool = True,
+        state_dict: Mapping[str, torch.Tensor] | None = None,
+        save_function: Any = None,
+        push_to_hub: bool = False,
+        max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+        safe_serialization: bool = True,
+        variant: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Write config.json (+ generation_config.json) and the weights into `save_directory` in one atomic commit.
+
+        Shards of at most `max_shard_size` ("5GB", "2GiB", or bytes) with an index when there is more than one;
+        tied weights are written once; weight files of an earlier save in the folder are replaced. Only the main
+        process (`is_main_process=True`) writes anything.
+        """
+        if save_function is not None:
+            raise ValueError("save_function is not supported: files are written atomically by pretrained itself.")
+        if push_to_hub:
+            raise NotImplementedError("push_to_hub arrives with the Hub issue; save, then upload the folder.")
+        kwargs.pop("token", None)
+        if kwargs:
+            raise TypeError(f"save_pretrained() got unexpected arguments: {', '.join(sorted(kwargs))}.")
+        if not is_main_process:
+            return
+        if state_dict is None:
+            state_dict = self.state_dict()
+            for target in self.active_ties():
+                state_dict.pop(target, None)  # written once, under its source's name
+        self.config.architectures = [type(self).__name__]
+        self.config.dtype = str(self.dtype).removeprefix("torch.")
+        extra = {CONFIG_NAME: self.config.to_json_string()}
+        if self.can_generate():
+            extra[GENERATION_CONFIG_NAME] = _generation_config_json(self.config)
+        save_checkpoint(save_directory, state_dict, max_shard_size=max_shard_size,
+                        safe_serialization=safe_serialization, variant=variant, extra_files=extra)
+
+
+def _generation_config_json(config: PretrainedConfig) -> str:
+    """The generation defaults a model config implies, in `generation_config.json`'s format."""
+    data: dict[str, Any] = {"_from_model_config": True}
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"):
+        if getattr(config, key, None) is not None:
+            data[key] = getattr(config, key)
+    data.update(output_attentions=False, output_hidden_states=False, use_cache=getattr(config, "use_cache", True))
+    data["transformers_version"] = "5.0.0"
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def _single_device(device_map: Any) -> torch.device:
+    """The one device a `device_map` names (multi-device maps are the dispatch module's job)."""
+    if device_map is None:
+        return torch.device("cpu")
+    if isinstance(device_map, int):
+        return torch.device("cuda", device_map)
+    if isinstance(device_map, torch.device):
+        return device_map
+    if isinstance(device_map, str) and device_map not in ("auto", "balanced", "balanced_low_0", "sequential"):
+        return torch.device(device_map)
+    if isinstance(device_map, dict) and len(set(device_map.values())) == 1:
+        return _single_device(next(iter(device_map.values())))
+    raise LoadingError(
+        f"device_map={device_map!r} spreads the model over several devices, which needs big-model dispatch "
+        "(not in this version). Pass one device, e.g. device_map='cpu' or device_map='cuda:0'."
+    )
+
+
+class _StateDictReader(CheckpointReader):
+    """A reader over tensors already in memory (`from_pretrained(..., state_dict=...)`)."""
+
+    def __init__(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        self.paths, self.format, self.metadata = ["<state_dict>"], "memory", {}
+        self._tensors = dict(state_dict)
+        self.infos = {k: TensorInfo(k, v.dtype, tuple(v.shape), "<state_dict>", 0, v.nbytes)
+                      for k, v in self._tensors.items()}
+
+    def read(self, name: str) -> torch.Tensor:
+        return self._tensors[name]
+
+    def iter_tensors(self, names=None):
+        for name, t in self._tensors.items():
+            if names is None or name in names:
+                yield name, t

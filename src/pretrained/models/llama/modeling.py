@@ -1,0 +1,182 @@
+"""Llama: pre-norm decoder blocks of grouped-query attention with rotary positions and a gated SiLU MLP.
+
+Module names equal the checkpoint names (`model.layers.0.self_attn.q_proj.weight`).
+Shapes: B batch, T new tokens, S cached + new tokens, H heads, K kv heads, D head_dim, C hidden.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ...generation.cache import DynamicCache
+from ...layers.attention import attend, causal_mask
+from ...layers.mlp import GatedMLP
+from ...layers.norms import RMSNorm
+from ...layers.rotary import RotaryEmbedding, apply_rotary
+from ...modeling.base import ModelFacts, PreTrainedModel
+from ...modeling.outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from .configuration import LlamaConfig
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, config: LlamaConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.config, self.layer_idx = config, layer_idx
+        self.head_dim = config.head_dim
+        self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.scaling = self.head_dim**-0.5
+        bias, C, D = config.attention_bias, config.hidden_size, self.head_dim
+        self.q_proj = nn.Linear(C, self.num_heads * D, bias=bias)
+        self.k_proj = nn.Linear(C, self.num_kv_heads * D, bias=bias)
+        self.v_proj = nn.Linear(C, self.num_kv_heads * D, bias=bias)
+        self.o_proj = nn.Linear(self.num_heads * D, C, bias=bias)
+
+    def forward(self, x, position_embeddings, mask, cache=None, output_attentions=False):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = self.k_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, K, T, D)
+        v = self.v_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, k, *position_embeddings)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)  # (B, K, S, D)
+        out, weights = attend(q, k, v, mask, self.scaling, self.config._attn_implementation,
+                              dropout=self.config.attention_dropout if self.training else 0.0,
+                              want_weights=output_attentions)
+        return self.o_proj(out.reshape(B, T, -1)), weights  # (B, T, C)
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, config: LlamaConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.self_attn = LlamaAttention(config, layer_idx)
+        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, config.hidden_act, config.mlp_bias)
+        self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(self, x, position_embeddings, mask, cache=None, output_attentions=False):
+        attn, weights = self.self_attn(self.input_layernorm(x), position_embeddings, mask, cache, output_attentions)
+        x = x + attn
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return x, weights
+
+
+class LlamaPreTrainedModel(PreTrainedModel):
+    config_class = LlamaConfig
+    facts = ModelFacts(
+        base_model_prefix="model",
+        no_split_modules=("LlamaDecoderLayer",),
+        input_embeddings="embed_tokens",
+        supports_gradient_checkpointing=True,
+    )
+
+
+class LlamaModel(LlamaPreTrainedModel):
+    """The decoder stack: token ids -> final hidden states (B, T, C)."""
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__(config)
+        self.padding_idx, self.vocab_size = config.pad_token_id, config.vocab_size
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = RotaryEmbedding(config.rope_parameters, config.head_dim, config.max_position_embeddings)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,  # (B, T)
+        attention_mask: torch.Tensor | None = None,  # (B, S): 1 token, 0 padding
+        position_ids: torch.LongTensor | None = None,  # (B, T)
+        past_key_values: DynamicCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,  # (B, T, C)
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ):
+        cfg = self.config
+        output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
+        use_cache = (cfg.use_cache and not self.training) if use_cache is None else use_cache
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Give exactly one of input_ids or inputs_embeds.")
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache()
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        T = x.shape[1]
+        if position_ids is None:
+            position_ids = torch.arange(past, past + T, device=x.device)[None]
+        mask = causal_mask(attention_mask, T, past + T, x.device, getattr(cfg, "sliding_window", None))
+        rope = self.rotary_emb(x, position_ids)
+        all_hidden, all_attn = [], []
+        for layer in self.layers:
+            if output_hidden_states:
+                all_hidden.append(x)
+            if self.gradient_checkpointing and self.training:
+                x, weights = checkpoint(layer, x, rope, mask, past_key_values, output_attentions,
+                                        **self.gradient_checkpointing_kwargs)
+            else:
+                x, weights = layer(x, rope, mask, past_key_values, output_attentions)
+            if output_attentions:
+                all_attn.append(weights)
+        x = self.norm(x)
+        if output_hidden_states:
+            all_hidden.append(x)
+        out = BaseModelOutputWithPast(
+            last_hidden_state=x,
+            past_key_values=past_key_values if use_cache else None,
+            hidden_states=tuple(all_hidden) if output_hidden_states else None,
+            attentions=tuple(all_attn) if output_attentions else None,
+        )
+        return out if (cfg.return_dict if return_dict is None else return_dict) else out.to_tuple()
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Mean cross-entropy of predicting token t+1 from position t; labels equal to `ignore_index` are skipped."""
+    shifted = nn.functional.pad(labels, (0, 1), value=ignore_index)[..., 1:]
+    return nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
+                                       shifted.reshape(-1).to(logits.device), ignore_index=ignore_index)
+
+
+class LlamaForCausalLM(LlamaPreTrainedModel):
+    """Decoder + language-model head: token ids -> next-token logits (B, T, vocab)."""
+
+    facts = LlamaPreTrainedModel.facts.but(
+        tied_weights={"lm_head.weight": "model.embed_tokens.weight"}, output_embeddings="lm_head", can_generate=True
+    )
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__(config)
+        self.model = LlamaModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: DynamicCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,  # (B, T), -100 = ignore
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        logits_to_keep: int = 0,  # 0 = all positions; n = only the last n
+    ):
+        base = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+                          output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                          return_dict=True)
+        hidden = base.last_hidden_state if not logits_to_keep else base.last_hidden_state[:, -logits_to_keep:]
+        logits = self.lm_head(hidden)
+        loss = causal_lm_loss(logits, labels) if labels is not None else None
+        out = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=base.past_key_values,
+                                     hidden_states=base.hidden_states, attentions=base.attentions)
+        return out if (self.config.return_dict if return_dict is None else return_dict) else out.to_tuple()
