@@ -133,12 +133,18 @@ class PretrainedConfig:
         return out
 
     def to_diff_dict(self) -> dict[str, Any]:
-        """What `save_pretrained` writes: family keys, plus common keys that differ from their defaults."""
+        """What `save_pretrained` writes: family keys, plus common keys that differ from the base defaults or
+        from this class's own defaults (Llama's `tie_word_embeddings=False` must be written when True)."""
         common = PretrainedConfig().to_dict()
+        try:
+            own = type(self)().to_dict()
+        except TypeError:  # a class without defaults for every argument: no class defaults to compare with
+            own = {}
         return {
             k: v
             for k, v in self.to_dict().items()
-            if k not in common or v != common[k] or k in ("model_type", "transformers_version")
+            if k not in common or v != common[k] or (k in own and v != own[k])
+            or k in ("model_type", "transformers_version")
         }
 
     def to_json_string(self, use_diff: bool = True) -> str:

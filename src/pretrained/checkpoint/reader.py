@@ -1,9 +1,9 @@
 """THE place tensors are read from disk.
 
 Safetensors: the header is parsed here (it is 8 bytes of length + JSON), so we know every tensor's name, dtype,
-shape and byte range without reading data, and can check a truncated file before loading. Tensor bytes are
-read with one `preadv` straight into the tensor's own memory (no intermediate buffer), then converted to
-the target dtype if asked. Pickle (`.bin`): only `torch.load(weights_only=True)`; anything that would run
+shape and byte range without reading data, and can check a truncated file before loading. Tensor data is then
+taken from safetensors' private (copy-on-write) mapping of the file: no copy when the dtype already fits, one
+conversion when it does not. Pickle (`.bin`): only `torch.load(weights_only=True)`; anything that would run
 code is refused.
 """
 
@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+from safetensors import safe_open
 
 from ..errors import CorruptCheckpointError, UnsafeCheckpointError
 
@@ -83,26 +84,17 @@ def read_safetensors_header(path: str) -> tuple[dict[str, TensorInfo], dict[str,
     return infos, metadata
 
 
-def read_tensor(info: TensorInfo, fd: int | None = None) -> torch.Tensor:
-    """Read one tensor from a safetensors file into fresh CPU memory (one copy, straight from the file)."""
-    out = torch.empty(info.shape, dtype=info.dtype)
-    if info.nbytes == 0:
-        return out
-    view = memoryview(out.reshape(-1).view(torch.uint8).numpy())
-    own = fd is None
-    if own:
-        fd = os.open(info.path, os.O_RDONLY)
-    try:
-        done = 0
-        while done < info.nbytes:  # preadv may return less than asked (2 GiB per call on Linux)
-            got = os.preadv(fd, [view[done:]], info.start + done)
-            if got <= 0:
-                raise CorruptCheckpointError(f"'{info.path}' ended while reading tensor '{info.name}' (truncated?).")
-            done += got
-    finally:
-        if own:
-            os.close(fd)
-    return out
+def read_tensor(info: TensorInfo, handle=None) -> torch.Tensor:
+    """One tensor of a safetensors file, on CPU. `handle` is an open `safe_open` of its file (opened if None).
+
+    safetensors maps the file privately (copy-on-write): the tensor shares pages with the page cache, costs no
+    copy, and writing to it never changes the file. Our writer replaces files by rename, never in place, so a
+    mapped checkpoint stays valid while a new one is saved over it.
+    """
+    if handle is None:
+        with safe_open(info.path, framework="pt") as handle:
+            return handle.get_tensor(info.name)
+    return handle.get_tensor(info.name)
 
 
 class CheckpointReader:
@@ -154,12 +146,9 @@ class CheckpointReader:
                     yield info.name, self._pickles[path][info.name]
                 self._pickles.pop(path, None)  # let the shard's memory go once consumed
                 continue
-            fd = os.open(path, os.O_RDONLY)
-            try:
+            with safe_open(path, framework="pt") as handle:
                 for info in mine:
-                    yield info.name, read_tensor(info, fd)
-            finally:
-                os.close(fd)
+                    yield info.name, read_tensor(info, handle)
 
 
 def load_pickle(path: str) -> dict[str, torch.Tensor]:

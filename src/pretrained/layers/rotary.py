@@ -11,10 +11,14 @@ from ..errors import ConfigError
 
 
 def inverse_frequencies(rope: dict, head_dim: int, max_positions: int) -> tuple[torch.Tensor, float]:
-    """(inv_freq of shape (head_dim/2,), attention scaling) for the rope types we implement."""
+    """(inv_freq of shape (head_dim/2,), attention scaling) for the rope types we implement.
+
+    Always computed on the CPU, even inside a meta-device context: these few floats are needed for real, and
+    meta-device arithmetic here would make torch import its compiler stack (~1 s) on first use.
+    """
     base = float(rope["rope_theta"])
     dim = int(head_dim * rope.get("partial_rotary_factor", 1.0))
-    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim))
     kind = rope.get("rope_type", "default")
     if kind == "default":
         return inv_freq, 1.0

@@ -66,14 +66,29 @@ def _default_dtype(dtype: torch.dtype):
         torch.set_default_dtype(old)
 
 
+_TORCH_INITS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
+                "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_", "sparse_")
+
+
 @contextlib.contextmanager
 def no_init_weights():
-    """Inside, `post_init` leaves weights uninitialised (they are about to be loaded)."""
+    """Inside, neither `post_init` nor torch's own `reset_parameters` initialise anything: the skeleton's values
+    are about to be replaced by the checkpoint's. (Initialising on the meta device is not free: torch's first
+    `normal_` there imports its meta kernels, ~1 s.) Not thread-safe: `torch.nn.init` is patched meanwhile."""
     token = _SKIP_INIT.set(True)
+    saved = {name: getattr(nn.init, name) for name in _TORCH_INITS}
+    for name in _TORCH_INITS:
+        setattr(nn.init, name, _no_op_init)
     try:
         yield
     finally:
+        for name, fn in saved.items():
+            setattr(nn.init, name, fn)
         _SKIP_INIT.reset(token)
+
+
+def _no_op_init(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    return tensor
 
 
 class PreTrainedModel(nn.Module, ModuleUtilsMixin):

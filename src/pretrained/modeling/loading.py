@@ -110,6 +110,10 @@ def load_into(
     tied = {t for t, s in model.active_ties().items() if s in loaded}
     info.missing_keys = sorted(set(targets) - loaded - tied)
     initialise_meta(model, device)
+    for module in model.modules():  # computed buffers (rotary frequencies) were made on the CPU
+        for name, buf in module.named_buffers(recurse=False):
+            if buf is not None and buf.device != torch.device(device):
+                module._buffers[name] = buf.to(device)
     return info
 
 

@@ -1,0 +1,249 @@
+"""The `pretrained` command.
+
+    pretrained demo [--dir DIR]        build a tiny Llama, save it sharded, load it back, check the round trip
+    pretrained inspect PATH [--json]   what a checkpoint holds, read from its headers, index and config only
+
+torch is imported only by the subcommand that needs it, so `--help` is instant. A `PretrainedError` prints one
+line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+from typing import Any
+
+from .errors import (CheckpointError, CheckpointNotFoundError, CorruptCheckpointError, PretrainedError,  # no torch
+                     UnknownModelTypeError)
+
+DEMO_SHARD_SIZE = 500_000  # bytes: cuts the demo model (1.7 MB in bfloat16) into 4 shards
+DEMO_TOKENS = [1, 17, 42, 256, 7, 511, 99, 3]
+SETTINGS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+            "vocab_size", "max_position_embeddings", "tie_word_embeddings", "dtype")  # the config values inspect shows
+
+
+def _size(n: int) -> str:
+    return next((f"{n / s:.1f} {u}" for u, s in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)) if n >= s), f"{n} B")
+
+
+def _table(rows: list[tuple], indent: str = "  ") -> None:
+    """Print rows as columns: the first left-aligned, the others right-aligned."""
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = [str(row[0]).ljust(widths[0])] + [str(c).rjust(w) for c, w in zip(row[1:], widths[1:])]
+        print((indent + "  ".join(cells)).rstrip())
+
+
+def _fields(pairs: list[tuple[str, Any]]) -> None:
+    """Print `label  value` lines with the values aligned."""
+    width = max(len(label) for label, _ in pairs)
+    print("\n".join(f"{label.ljust(width)}  {value}" for label, value in pairs))
+
+
+# ---- demo ------------------------------------------------------------------------------------------------------
+def demo(args: argparse.Namespace) -> int:
+    import resource
+    import tempfile
+    from collections import Counter
+
+    import torch
+
+    from . import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+    from .checkpoint.atomic import list_files
+    from .checkpoint.files import find_checkpoint
+    from .checkpoint.reader import read_safetensors_header
+
+    torch.manual_seed(0)
+    c = LlamaConfig(vocab_size=512, hidden_size=128, intermediate_size=344, num_hidden_layers=4,
+                    num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=256)
+    model = LlamaForCausalLM.from_config(c, dtype=torch.bfloat16).eval()
+    print(f"pretrained demo: a tiny {type(model).__name__}, saved sharded, loaded back, compared\n")
+    _fields([("model", f"vocab {c.vocab_size}, hidden {c.hidden_size}, {c.num_hidden_layers} layers, "
+                       f"{c.num_attention_heads} heads ({c.num_key_value_heads} kv)"),
+             ("parameters", f"{model.num_parameters():,} in {str(model.dtype)[6:]}")])
+
+    with contextlib.nullcontext(args.dir) if args.dir else tempfile.TemporaryDirectory(prefix="pretrained-") as folder:
+        start = time.perf_counter()
+        model.save_pretrained(folder, max_shard_size=DEMO_SHARD_SIZE)
+        print(f"\nsaved to {folder} in {time.perf_counter() - start:.3f} s (max_shard_size {DEMO_SHARD_SIZE:,} B)")
+        _table([(n, _size(os.path.getsize(os.path.join(folder, n)))) for n in list_files(folder)])
+        weights = find_checkpoint(folder).files
+        dtypes = Counter(str(i.dtype)[6:] for path in weights for i in read_safetensors_header(path)[0].values())
+        start = time.perf_counter()
+        loaded, loading_info = AutoModelForCausalLM.from_pretrained(folder, dtype="auto", output_loading_info=True)
+        load_time = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+
+    ids = torch.tensor([DEMO_TOKENS])
+    with torch.inference_mode():
+        expected, logits = model(ids).logits, loaded(ids).logits
+    print()
+    _fields([
+        ("shards", len(weights)),
+        ("tensors", f"{sum(dtypes.values())} ({', '.join(f'{n} {d}' for d, n in sorted(dtypes.items()))})"),
+        ("load time", f"{load_time:.3f} s (AutoModelForCausalLM, dtype='auto' -> {str(loaded.dtype)[6:]})"),
+        ("peak memory", f"{peak:.1f} MiB (process max RSS)"),
+        ("loading info", ", ".join(f"{len(loading_info[k])} {k.removesuffix('_keys')}"
+                                   for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))),
+        ("forward", f"input {list(ids.shape)} -> logits {list(logits.shape)} {str(logits.dtype)[6:]}"),
+        ("next token", int(logits[0, -1].argmax())),
+        ("checksum", f"{logits.float().sum().item():.6f} (sum of logits)"),
+    ])
+    if torch.equal(expected, logits) and loaded.dtype == model.dtype:
+        print("\nround trip: identical")
+        return 0
+    diff = (expected.float() - logits.float()).abs().max().item()
+    print(f"\nround trip: DIFFERENT (max |diff| {diff:.3g}, dtypes {model.dtype} / {loaded.dtype})")
+    return 1
+
+
+# ---- inspect ---------------------------------------------------------------------------------------------------
+def inspect_checkpoint(path: str) -> dict[str, Any]:
+    """What a checkpoint holds, from its safetensors headers, index and config.json; no tensor data is read."""
+    from .checkpoint.files import find_checkpoint
+    from .checkpoint.reader import read_safetensors_header
+    from .configuration import CONFIG_NAME, read_config_file
+    from .hub.resolve import resolve_file
+
+    if not os.path.exists(path):
+        raise CheckpointNotFoundError(f"'{path}' does not exist. Give a checkpoint folder or a .safetensors file.")
+    files = find_checkpoint(path)
+    if files.format != "safetensors":
+        raise CheckpointError(f"'{files.files[0]}' is not a safetensors file; inspect reads safetensors headers only. "
+                              "Convert a pickle checkpoint with save_pretrained(..., safe_serialization=True).")
+    infos: dict[str, Any] = {}
+    shards = []
+    for file in files.files:
+        tensors, _ = read_safetensors_header(file)
+        for name in infos.keys() & tensors.keys():
+            raise CorruptCheckpointError(f"Tensor '{name}' is in both '{infos[name].path}' and '{file}'.")
+        infos.update(tensors)
+        shards.append({"file": os.path.basename(file), "bytes": os.path.getsize(file), "tensors": len(tensors)})
+
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    config_path = resolve_file(folder, CONFIG_NAME, required=False)
+    config = read_config_file(config_path) if config_path else {}
+    if "torch_dtype" in config:  # the v4 name
+        config.setdefault("dtype", config["torch_dtype"])
+    dtypes: dict[str, dict[str, int]] = {}
+    for info in infos.values():
+        entry = dtypes.setdefault(str(info.dtype)[6:], {"tensors": 0, "bytes": 0})  # "torch.bfloat16"[6:]
+        entry["tensors"], entry["bytes"] = entry["tensors"] + 1, entry["bytes"] + info.nbytes
+    report: dict[str, Any] = {
+        "path": os.path.abspath(path), "format": "safetensors",
+        "config": os.path.basename(config_path) if config_path else None,
+        "model_type": config.get("model_type"), "architectures": config.get("architectures"),
+        "settings": {k: config[k] for k in SETTINGS if k in config},
+        "parameters": sum(math.prod(info.shape) for info in infos.values()),
+        "tensors": len(infos), "tensor_bytes": sum(info.nbytes for info in infos.values()),
+        "dtypes": dict(sorted(dtypes.items())), "shards": shards,
+        "index": _check_index(files, infos) if files.index is not None else None,
+    }
+    report["model_class"], report["tied_weights"], report["tied_weights_note"] = _ties(config, infos)
+    return report
+
+
+def _check_index(files: Any, infos: dict[str, Any]) -> dict[str, Any]:
+    total = (files.index.get("metadata") or {}).get("total_size")
+    actual = sum(info.nbytes for info in infos.values())
+    problems = [f"'{n}' is in the index but in no shard" for n in sorted(files.weight_map.keys() - infos.keys())]
+    problems += [f"'{n}' is in a shard but not in the index" for n in sorted(infos.keys() - files.weight_map.keys())]
+    return {"file": os.path.basename(files.index_path), "total_size": total, "header_bytes": actual,
+            "total_size_matches": total == actual, "problems": problems}
+
+
+def _ties(config: dict[str, Any], infos: dict[str, Any]) -> tuple[str | None, list[dict[str, Any]], str]:
+    """The model class the config names, its tied weights (target <- source) and whether each is stored."""
+    from . import registry
+
+    model_type, architectures = config.get("model_type"), config.get("architectures") or []
+    if not model_type:
+        return None, [], "no model_type in the config: tied weights unknown"
+    try:
+        family, config_cls = registry.family(model_type), registry.config_class(model_type)
+    except UnknownModelTypeError:
+        return None, [], f"model_type '{model_type}' is not registered: tied weights unknown"
+    task = next((t for t, ref in family.models.items()
+                 if (ref.__name__ if isinstance(ref, type) else ref.rpartition(":")[2]) in architectures), None)
+    if task is None:
+        return None, [], f"no registered '{model_type}' class among architectures {architectures}: tied weights unknown"
+    model_cls = registry.model_class(config_cls, task)  # the class only: nothing is instantiated
+    tied = bool(config_cls.from_dict(config).tie_word_embeddings)
+    rows = []
+    for target, source in model_cls.facts.tied_weights.items():
+        stored, has_source = target in infos, source in infos
+        if tied:
+            status = "stored too (a redundant copy)" if stored else \
+                f"not stored: loaded from {source}" + ("" if has_source else ", which is not here either")
+        else:
+            status = "stored (not tied)" if stored else "MISSING: not stored, and tie_word_embeddings is false"
+        rows.append({"target": target, "source": source, "tied": tied, "target_stored": stored,
+                     "source_stored": has_source, "status": status})
+    return model_cls.__name__, rows, f"tie_word_embeddings={str(tied).lower()}"
+
+
+def _print_inspect(r: dict[str, Any]) -> None:
+    index = r["index"]
+    layout = f"{len(r['shards'])} shards + {index['file']}" if index else r["shards"][0]["file"]
+    fields = [("checkpoint", r["path"]), ("format", f"{r['format']}, {layout}"),
+              ("config", r["config"] or "none (no config.json)")]
+    if r["config"]:
+        fields += [("model_type", r["model_type"]), ("architectures", ", ".join(r["architectures"] or []) or "-"),
+                   *r["settings"].items()]
+    fields += [("parameters", f"{r['parameters']:,}"), ("tensors", f"{r['tensors']} ({_size(r['tensor_bytes'])})")]
+    _fields(fields)
+    print("\ndtypes")
+    _table([(d, f"{e['tensors']} tensors", _size(e["bytes"])) for d, e in r["dtypes"].items()])
+    print("\nfiles")
+    _table([(s["file"], _size(s["bytes"]), f"{s['tensors']} tensors") for s in r["shards"]])
+    if index:
+        verdict = "matches" if index["total_size_matches"] else "DOES NOT match"
+        print(f"\nindex: total_size {index['total_size']} {verdict} the headers ({index['header_bytes']} bytes)")
+        print("".join(f"  {problem}\n" for problem in index["problems"]), end="")
+    print(f"\ntied weights ({r['model_class'] + ', ' if r['model_class'] else ''}{r['tied_weights_note']})")
+    _table([(f"{t['target']} <- {t['source']}", t["status"]) for t in r["tied_weights"]] or [("none",)])
+
+
+def inspect(args: argparse.Namespace) -> int:
+    report = inspect_checkpoint(args.path)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_inspect(report)
+    return 0
+
+
+# ---- entry point -----------------------------------------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pretrained", description="Load, save and inspect pretrained checkpoints.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = commands.add_parser("demo", help="build a tiny Llama, save it sharded, load it back (no network)")
+    p.add_argument("--dir", help="save the checkpoint here and keep it (default: a temporary folder)")
+    p.set_defaults(run=demo)
+    p = commands.add_parser("inspect", help="summarise a checkpoint from its headers, index and config")
+    p.add_argument("path", help="a checkpoint folder or a .safetensors file")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(run=inspect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line `argv` (default: sys.argv[1:]) and return its exit status."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or bad arguments (2); argparse has printed why
+        return e.code if isinstance(e.code, int) else 2
+    try:
+        return args.run(args)
+    except BrokenPipeError:  # e.g. piped into `head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except (PretrainedError, OSError) as e:
+        print(f"pretrained {args.command}: error: {str(e).replace(chr(10), ' ')}", file=sys.stderr)
+        return 2
