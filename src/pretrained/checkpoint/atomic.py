@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterable
@@ -27,6 +28,7 @@ from ..errors import SaveInterruptedError
 
 MARKER = ".pretrained-save.json"
 STAGING_PREFIX = ".pretrained-staging-"
+_ATOMIC_TMP = re.compile(r"\..+\.[0-9a-f]{32}\.tmp")  # write_text_atomic's temp file names
 
 
 def fsync_dir(path: str) -> None:
@@ -121,13 +123,16 @@ def _roll_forward(folder: str, marker: dict) -> None:
 
 
 def recover(folder: str) -> None:
-    """Finish a marked commit left by a killed save, and delete abandoned staging folders."""
+    """Finish a marked commit left by a killed save, and delete abandoned staging folders and the temp files
+    of `write_text_atomic` (a save killed while writing the marker leaves `..pretrained-save.json.<hex>.tmp`)."""
     marker = _read_marker(folder)
     if marker is not None:
         _roll_forward(folder, marker)
     for name in os.listdir(folder):
         if name.startswith(STAGING_PREFIX):
             shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+        elif _ATOMIC_TMP.fullmatch(name) and os.path.isfile(os.path.join(folder, name)):
+            os.unlink(os.path.join(folder, name))
 
 
 class AtomicSave:

@@ -12,12 +12,37 @@ import os
 from collections.abc import Mapping
 
 import torch
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from .atomic import AtomicSave, list_files
+from .reader import SAFETENSORS_DTYPES
 from .files import PT_INDEX, PT_WEIGHTS, SAFE_INDEX, SAFE_WEIGHTS
 from .shards import DEFAULT_MAX_SHARD_SIZE, Entry, add_variant, build_index, is_shard_of, plan_shards, shard_filenames
+
+
+_DTYPE_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
+
+
+def write_safetensors(path: str, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:
+    """Write one safetensors file straight from the tensors' memory (no intermediate bytes copy).
+
+    Layout as the safetensors library writes it: 8-byte little-endian header length, JSON header (with
+    `__metadata__`, padded with spaces to a multiple of 8), then each tensor's bytes, largest dtype first.
+    """
+    items = sorted(tensors.items(), key=lambda kv: (-kv[1].element_size(), kv[0]))
+    header: dict = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for name, t in items:
+        header[name] = {"dtype": _DTYPE_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
+        offset += t.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        for _, t in items:
+            if t.nbytes:
+                f.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
 
 
 def _storage_key(t: torch.Tensor) -> tuple:
@@ -83,7 +108,7 @@ def save_checkpoint(
         for names, filename in zip(plan, filenames):
             shard = _owned({n: tensors[n] for n in names})
             if safe_serialization:
-                save_file(shard, save.path(filename), metadata={"format": "pt", **(metadata or {})})
+                write_safetensors(save.path(filename), shard, {"format": "pt", **(metadata or {})})
             else:
                 torch.save(shard, save.path(filename))
             bar.update(1)

@@ -108,7 +108,8 @@ def load_into(
     model.tie_weights()
     loaded = set(wanted.values())
     tied = {t for t, s in model.active_ties().items() if s in loaded}
-    info.missing_keys = sorted(set(targets) - loaded - tied)
+    mismatched = {n for n, _, _ in info.mismatched_keys}  # in the checkpoint, reported as mismatched, not missing
+    info.missing_keys = sorted(set(targets) - loaded - tied - mismatched)
     initialise_meta(model, device)
     for module in model.modules():  # computed buffers (rotary frequencies) were made on the CPU
         for name, buf in module.named_buffers(recurse=False):
