@@ -7,12 +7,11 @@ library, loads the ~1B Llama checkpoint and runs one forward pass.
 Usage: .venv/bin/python bench/bench_load.py [--scenario a|b|all] [--runs N]
                                             [--only ours|ref|both]
 """
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (DEFAULT_CKPT, compare, ensure_checkpoint,  # noqa: E402
+from common import (compare, parse_args,  # noqa: E402
                     main_guard, param_count)
 
 LIBS = {"ours": "pretrained", "ref": "transformers"}
@@ -29,15 +28,8 @@ SCENARIOS = {"a": "bfloat16", "b": "float32"}
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--scenario", choices=["a", "b", "all"], default="all")
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--only", choices=["ours", "ref", "both"], default="both")
-    ap.add_argument("--checkpoint", default=None,
-                    help="checkpoint dir (default: bench/.cache/llama-1b-bf16)")
-    args = ap.parse_args()
-
-    path = ensure_checkpoint(args.checkpoint or DEFAULT_CKPT)
+    args = parse_args(__doc__.splitlines()[0], lambda ap: ap.add_argument("--scenario", choices=["a", "b", "all"], default="all"))
+    path = args.path
     n = param_count(path)
     print(f"checkpoint: {path}")
     print(f"parameters: {n:,}  bf16 size {2 * n / 2**30:.2f} GiB  "

@@ -6,15 +6,14 @@ the child's peak RSS (whole process, load included).
 
 Usage: .venv/bin/python bench/bench_save.py [--runs N] [--only ours|ref|both]
 """
-import argparse
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (CACHE_DIR, DEFAULT_CKPT, compare,  # noqa: E402
-                    ensure_checkpoint, main_guard)
+from common import (CACHE_DIR, compare, parse_args,  # noqa: E402
+                    main_guard)
 
 LIBS = {"ours": "pretrained", "ref": "transformers"}
 
@@ -57,14 +56,8 @@ def child_code(lib, path):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--only", choices=["ours", "ref", "both"], default="both")
-    ap.add_argument("--checkpoint", default=None,
-                    help="checkpoint dir (default: bench/.cache/llama-1b-bf16)")
-    args = ap.parse_args()
-
-    path = ensure_checkpoint(args.checkpoint or DEFAULT_CKPT)
+    args = parse_args(__doc__.splitlines()[0], None)
+    path = args.path
     print(f"checkpoint: {path}")
     print("time = in-child save_pretrained + fsync; RSS = whole child")
     try:

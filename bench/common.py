@@ -194,3 +194,17 @@ def main_guard(fn):
     except ChildFailed as e:
         print(f"\n[bench] FAILED: {e}", file=sys.stderr)
         sys.exit(1)
+
+
+def parse_args(description, extra=None):
+    """The options every bench script takes (--runs, --only, --checkpoint), plus `extra(parser)`'s."""
+    import argparse
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--only", choices=["ours", "ref", "both"], default="both")
+    ap.add_argument("--checkpoint", default=None, help="checkpoint dir (default: bench/.cache/llama-1b-bf16)")
+    if extra:
+        extra(ap)
+    args = ap.parse_args()
+    args.path = ensure_checkpoint(args.checkpoint or DEFAULT_CKPT)
+    return args

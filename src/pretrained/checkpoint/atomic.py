@@ -31,15 +31,8 @@ STAGING_PREFIX = ".pretrained-staging-"
 _ATOMIC_TMP = re.compile(r"\..+\.[0-9a-f]{32}\.tmp")  # write_text_atomic's temp file names
 
 
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: str) -> None:
+def fsync_path(path: str) -> None:
+    """fsync a file or a folder (a folder's fsync makes the renames and deletions inside it durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -60,14 +53,18 @@ def write_text_atomic(path: str, text: str) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    fsync_dir(folder)
+    fsync_path(folder)
 
 
 def _read_marker(folder: str) -> dict | None:
     path = os.path.join(folder, MARKER)
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            marker = json.load(f)
+        if not (isinstance(marker, dict) and isinstance(marker.get("staging"), str)
+                and isinstance(marker.get("files"), list) and isinstance(marker.get("remove"), list)):
+            raise ValueError("not a record of staged and removed files")
+        return marker
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:  # cannot happen through our writer: it is renamed into place whole
@@ -110,22 +107,26 @@ def _roll_forward(folder: str, marker: dict) -> None:
         staged = os.path.join(staging, name)
         if os.path.isfile(staged):
             os.replace(staged, os.path.join(folder, name))
-    fsync_dir(folder)
+    fsync_path(folder)
     for name in marker["remove"]:
         try:
             os.unlink(os.path.join(folder, name))
         except FileNotFoundError:
             pass
-    fsync_dir(folder)
+    fsync_path(folder)
     os.unlink(os.path.join(folder, MARKER))
-    fsync_dir(folder)
+    fsync_path(folder)
     shutil.rmtree(staging, ignore_errors=True)
 
 
 def recover(folder: str) -> None:
     """Finish a marked commit left by a killed save, and delete abandoned staging folders and the temp files
     of `write_text_atomic` (a save killed while writing the marker leaves `..pretrained-save.json.<hex>.tmp`)."""
-    marker = _read_marker(folder)
+    try:
+        marker = _read_marker(folder)
+    except SaveInterruptedError:  # corrupt (not by us): nothing to roll forward; the caller's save replaces all
+        os.unlink(os.path.join(folder, MARKER))
+        marker = None
     if marker is not None:
         _roll_forward(folder, marker)
     for name in os.listdir(folder):
@@ -168,13 +169,13 @@ class AtomicSave:
 
     def commit(self, remove: Iterable[str] = ()) -> None:
         for name in self.files:
-            fsync_file(os.path.join(self.staging, name))
-        fsync_dir(self.staging)
+            fsync_path(os.path.join(self.staging, name))
+        fsync_path(self.staging)
         remove = sorted(set(remove) - set(self.files))
         marker = {"staging": self.staging_name, "files": self.files, "remove": remove}
         write_text_atomic(os.path.join(self.folder, MARKER), json.dumps(marker, indent=1))
-        _roll_forward(self.folder, marker)
-        self.committed = True
+        self.committed = True  # the commit point: from here on the staged files belong to the marked commit,
+        _roll_forward(self.folder, marker)  # so an error while moving them leaves them for `recover`
 
     def __enter__(self) -> AtomicSave:
         return self

@@ -97,6 +97,26 @@ def read_tensor(info: TensorInfo, handle=None) -> torch.Tensor:
     return handle.get_tensor(info.name)
 
 
+def read_converted(info: TensorInfo, dtype: torch.dtype, fd: int, scratch: list[torch.Tensor]) -> torch.Tensor:
+    """Read one tensor into a reused scratch buffer and return it converted to `dtype` (a new tensor).
+
+    Used when the dtype changes: the source bytes are only needed for the conversion, so they go through one
+    buffer (as large as the largest tensor) instead of staying mapped; peak memory is the converted model plus
+    that buffer.
+    """
+    if not scratch or scratch[0].numel() < info.nbytes:
+        scratch[:] = [torch.empty(max(info.nbytes, 1), dtype=torch.uint8)]
+    raw = scratch[0][: info.nbytes]
+    view = memoryview(raw.numpy())
+    done = 0
+    while done < info.nbytes:  # preadv may return less than asked (2 GiB per call on Linux)
+        got = os.preadv(fd, [view[done:]], info.start + done)
+        if got <= 0:
+            raise CorruptCheckpointError(f"'{info.path}' ended while reading tensor '{info.name}' (truncated?).")
+        done += got
+    return raw.view(info.dtype).reshape(info.shape).to(dtype)
+
+
 class CheckpointReader:
     """Read-only view over the weight files of one checkpoint.
 
@@ -137,7 +157,12 @@ class CheckpointReader:
             return self._pickles[info.path][name]
         return read_tensor(info)
 
-    def iter_tensors(self, names: set[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    def iter_tensors(self, names: set[str] | None = None,
+                     dtypes: dict[str, torch.dtype] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield `(name, tensor)` file by file in on-disk order; a tensor named in `dtypes` with another dtype
+        comes back converted (read through a scratch buffer, see `read_converted`)."""
+        dtypes = dtypes or {}
+        scratch: list[torch.Tensor] = []
         for path in self.paths:
             mine = sorted((i for i in self.infos.values() if i.path == path and (names is None or i.name in names)),
                           key=lambda i: i.start)
@@ -146,9 +171,17 @@ class CheckpointReader:
                     yield info.name, self._pickles[path][info.name]
                 self._pickles.pop(path, None)  # let the shard's memory go once consumed
                 continue
-            with safe_open(path, framework="pt") as handle:
-                for info in mine:
-                    yield info.name, read_tensor(info, handle)
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                with safe_open(path, framework="pt") as handle:
+                    for info in mine:
+                        want = dtypes.get(info.name, info.dtype)
+                        if want != info.dtype and info.nbytes:
+                            yield info.name, read_converted(info, want, fd, scratch)
+                        else:
+                            yield info.name, read_tensor(info, handle)
+            finally:
+                os.close(fd)
 
 
 def load_pickle(path: str) -> dict[str, torch.Tensor]:

@@ -29,7 +29,7 @@ from ..hub.resolve import pop_hub_kwargs
 from ..layers.attention import check_implementation
 from .dtype import as_dtype, module_dtype, resolve_dtype
 from .embeddings import resized_embedding, resized_linear_rows
-from .loading import LoadingInfo, initialise_meta, load_into
+from .loading import initialise_meta, load_into
 from .utils import ModuleUtilsMixin
 
 GENERATION_CONFIG_NAME = "generation_config.json"
@@ -165,7 +165,10 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
         """Make each tied target the very same Parameter as its source."""
         for target, source in self.active_ties().items():
             module_name, _, leaf = target.rpartition(".")
-            setattr(self.get_submodule(module_name), leaf, self.get_parameter(source))
+            module, param = self.get_submodule(module_name), self.get_parameter(source)
+            setattr(module, leaf, param)
+            if leaf == "weight" and hasattr(module, "out_features"):  # a tied head follows a resized table
+                module.out_features = param.shape[0]
 
     def get_input_embeddings(self) -> nn.Module:
         if not self.facts.input_embeddings:
@@ -426,7 +429,7 @@ class _StateDictReader(CheckpointReader):
     def read(self, name: str) -> torch.Tensor:
         return self._tensors[name]
 
-    def iter_tensors(self, names=None):
+    def iter_tensors(self, names=None, dtypes=None):  # conversion happens in load_into
         for name, t in self._tensors.items():
             if names is None or name in names:
                 yield name, t

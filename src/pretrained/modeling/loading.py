@@ -100,7 +100,9 @@ def load_into(
             "matches the checkpoint, or pass ignore_mismatched_sizes=True to initialise those weights afresh."
         )
     info.mismatched_keys = [(n, c, m) for n, c, m, _ in mismatches]
-    for ckpt_name, tensor in reader.iter_tensors(set(wanted)):
+    convert = {c: targets[n].dtype for c, n in wanted.items()
+               if targets[n].is_floating_point() and reader.infos[c].dtype.is_floating_point}
+    for ckpt_name, tensor in reader.iter_tensors(set(wanted), convert):
         name = wanted[ckpt_name]
         target = targets[name]
         value = tensor.to(device=device, dtype=target.dtype if target.is_floating_point() else None)
