@@ -14,7 +14,7 @@ import torch
 from safetensors import safe_open
 
 import pretrained
-from pretrained.checkpoint.shards import shard_filenames
+from pretrained.checkpoint.shards import parse_size, shard_filenames
 from pretrained.errors import (
     CheckpointError,
     CheckpointNotFoundError,
@@ -106,7 +106,7 @@ def test_save_layout_matches_the_ecosystem(tmp_path, model_a, max_shard_size):
     assert names == expected
     state = state_of(model_a)
     seen = set()
-    limit = pretrained.checkpoint.shards.parse_size(max_shard_size)
+    limit = parse_size(max_shard_size)
     for shard in shards:
         keys, metadata = safetensors_keys_and_metadata(tmp_path / "ours" / shard)
         assert metadata == {"format": "pt"}
@@ -252,6 +252,44 @@ def test_tied_weights_are_written_once(tmp_path, max_shard_size):
     ref = transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
     assert_same_state(state_of(ref), state_of(model))
     assert ref.lm_head.weight.data_ptr() == ref.model.embed_tokens.weight.data_ptr()
+
+
+def test_shared_memory_in_a_given_state_dict(tmp_path, model_a):
+    # a tied model's own state dict, passed explicitly: the tie is still written once
+    tied = tiny_model(4, tie_word_embeddings=True)
+    tied.save_pretrained(tmp_path / "tied", state_dict=tied.state_dict())
+    keys, _ = safetensors_keys_and_metadata(tmp_path / "tied" / "model.safetensors")
+    assert keys == set(tied.state_dict()) - {"lm_head.weight"}
+    loaded = pretrained.LlamaForCausalLM.from_pretrained(tmp_path / "tied")
+    assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
+    assert_same_state(state_of(loaded), state_of(tied))
+
+    # an untied model given two names for one tensor: refused (as the reference does), not one name dropped
+    model_a.save_pretrained(tmp_path / "existing")
+    before = digest(tmp_path / "existing")
+    state = dict(model_a.state_dict())
+    state["model.norm.weight"] = state["model.layers.0.input_layernorm.weight"]
+    with pytest.raises(ValueError) as err:
+        model_a.save_pretrained(tmp_path / "existing", state_dict=state)
+    assert "model.norm.weight" in str(err.value) and "model.layers.0.input_layernorm.weight" in str(err.value)
+    assert digest(tmp_path / "existing") == before
+    # a copy is fine, and both names come back
+    state["model.norm.weight"] = state["model.norm.weight"].clone()
+    model_a.save_pretrained(tmp_path / "existing", state_dict=state)
+    loaded = pretrained.LlamaForCausalLM.from_pretrained(tmp_path / "existing")
+    assert_same_state(state_of(loaded), {k: v.detach() for k, v in state.items()})
+
+
+def test_save_arguments(tmp_path, model_a):
+    (tmp_path / "a-file").write_text("keep me")
+    with pytest.raises(NotADirectoryError):
+        model_a.save_pretrained(tmp_path / "a-file")
+    assert (tmp_path / "a-file").read_text() == "keep me"
+    model_a.save_pretrained(tmp_path / "not-main", is_main_process=False)
+    assert not (tmp_path / "not-main").exists()
+    with pytest.raises(ValueError):
+        model_a.save_pretrained(tmp_path / "bad-size", max_shard_size="lots")
+    assert not (tmp_path / "bad-size").exists()  # refused before anything is created
 
 
 def test_a_tensor_bigger_than_the_limit_gets_its_own_shard(tmp_path, model_a):
@@ -472,6 +510,7 @@ CORRUPTIONS = {
     "header-not-json": lambda p: p.write_bytes(p.read_bytes()[:8] + b"\xff" * 20 + p.read_bytes()[28:]),
     "header-a-list": lambda p: p.write_bytes((2).to_bytes(8, "little") + b"[]"),
     "bad-byte-range": _corrupt_header,
+    "unknown-dtype": lambda p: p.write_bytes(p.read_bytes().replace(b'"dtype":"F32"', b'"dtype":"X32"', 1)),
 }
 
 

@@ -174,12 +174,14 @@ class AtomicSave:
         remove = sorted(set(remove) - set(self.files))
         marker = {"staging": self.staging_name, "files": self.files, "remove": remove}
         write_text_atomic(os.path.join(self.folder, MARKER), json.dumps(marker, indent=1))
-        self.committed = True  # the commit point: from here on the staged files belong to the marked commit,
-        _roll_forward(self.folder, marker)  # so an error while moving them leaves them for `recover`
+        _roll_forward(self.folder, marker)
+        self.committed = True
 
     def __enter__(self) -> AtomicSave:
         return self
 
     def __exit__(self, *exc) -> None:
-        if not self.committed:
+        # Once the marker is in place (our own: `recover` removed any earlier one) the staged files belong to a
+        # commit that readers already see; an error after that point leaves them for `recover` to move in.
+        if not self.committed and not os.path.exists(os.path.join(self.folder, MARKER)):
             shutil.rmtree(self.staging, ignore_errors=True)

@@ -94,7 +94,13 @@ def save_checkpoint(
     folder = os.fspath(folder)
     if os.path.isfile(folder):
         raise NotADirectoryError(f"save_directory '{folder}' is a file; give a folder.")
-    tensors, _ = dedupe_shared(state_dict)
+    tensors, dropped = dedupe_shared(state_dict)
+    if dropped:  # writing one name would silently lose the other on load
+        pairs = ", ".join(f"'{d}' is '{k}'" for d, k in dropped.items())
+        raise ValueError(
+            f"Some tensors to save are the same memory under two names ({pairs}). Each name is written once: "
+            "declare the tie (e.g. config.tie_word_embeddings=True), drop one name, or save a .clone()."
+        )
     for name, t in tensors.items():
         if t.device.type == "meta":
             raise ValueError(f"Tensor '{name}' is on the meta device (never loaded); it has no data to save.")

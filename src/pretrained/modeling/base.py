@@ -375,10 +375,12 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
             raise TypeError(f"save_pretrained() got unexpected arguments: {', '.join(sorted(kwargs))}.")
         if not is_main_process:
             return
-        if state_dict is None:
-            state_dict = self.state_dict()
-            for target in self.active_ties():
-                state_dict.pop(target, None)  # written once, under its source's name
+        own = state_dict is None
+        state_dict = dict(self.state_dict() if own else state_dict)
+        for target, source in self.active_ties().items():  # written once, under its source's name
+            t, s = state_dict.get(target), state_dict.get(source)
+            if t is not None and (own or s is not None and t.data_ptr() == s.data_ptr() and t.shape == s.shape):
+                del state_dict[target]
         self.config.architectures = [type(self).__name__]
         self.config.dtype = str(self.dtype).removeprefix("torch.")
         extra = {CONFIG_NAME: self.config.to_json_string()}
