@@ -19,11 +19,22 @@ _EXPORTS = {
     "PreTrainedModel": "modeling.base", "ModelFacts": "modeling.base",
     "ModuleUtilsMixin": "modeling.utils",
     "load_sharded_checkpoint": "modeling.sharded",
-    "LlamaConfig": "models.llama", "LlamaModel": "models.llama", "LlamaForCausalLM": "models.llama",
-    "LlamaPreTrainedModel": "models.llama",
     "DynamicCache": "generation.cache",
     "errors": None,
 }
+
+_DECODER = ("Model", "ForCausalLM", "ForSequenceClassification", "ForQuestionAnswering", "ForTokenClassification")
+_FAMILIES = {  # folder under models/ -> (class-name prefix, class-name suffixes besides Config and PreTrainedModel)
+    "llama": ("Llama", _DECODER), "mistral": ("Mistral", _DECODER), "qwen2": ("Qwen2", _DECODER),
+    "gemma": ("Gemma", _DECODER),
+    "bert": ("Bert", ("Model", "ForMaskedLM", "ForSequenceClassification", "ForQuestionAnswering",
+                      "ForTokenClassification")),
+    "gpt2": ("GPT2", ("Model", "LMHeadModel")),
+    "t5": ("T5", ("Model", "ForConditionalGeneration", "EncoderModel")),
+}
+for _folder, (_prefix, _suffixes) in _FAMILIES.items():
+    for _suffix in ("Config", "PreTrainedModel", *_suffixes):
+        _EXPORTS[_prefix + _suffix] = f"models.{_folder}"
 
 __all__ = sorted(_EXPORTS)
 

@@ -22,11 +22,31 @@ class Family:
     models: dict[str, str | type] = field(default_factory=dict)  # task -> "module:Class" or class
 
 
+def _family(model_type: str, module: str, config: str, models: dict[str, str]) -> Family:
+    path = f"pretrained.models.{module}"
+    return Family(model_type, f"{path}.configuration:{config}", {t: f"{path}.modeling:{c}" for t, c in models.items()})
+
+
+def _decoder(name: str) -> dict[str, str]:
+    """The classes every Llama-family decoder has."""
+    return {"AutoModel": f"{name}Model", "AutoModelForCausalLM": f"{name}ForCausalLM",
+            "AutoModelForSequenceClassification": f"{name}ForSequenceClassification",
+            "AutoModelForQuestionAnswering": f"{name}ForQuestionAnswering",
+            "AutoModelForTokenClassification": f"{name}ForTokenClassification"}
+
+
 FAMILIES: dict[str, Family] = {
-    "llama": Family("llama", "pretrained.models.llama.configuration:LlamaConfig", {
-        "AutoModel": "pretrained.models.llama.modeling:LlamaModel",
-        "AutoModelForCausalLM": "pretrained.models.llama.modeling:LlamaForCausalLM",
-    }),
+    "llama": _family("llama", "llama", "LlamaConfig", _decoder("Llama")),
+    "mistral": _family("mistral", "mistral", "MistralConfig", _decoder("Mistral")),
+    "qwen2": _family("qwen2", "qwen2", "Qwen2Config", _decoder("Qwen2")),
+    "gemma": _family("gemma", "gemma", "GemmaConfig", _decoder("Gemma")),
+    "bert": _family("bert", "bert", "BertConfig", {
+        "AutoModel": "BertModel", "AutoModelForMaskedLM": "BertForMaskedLM",
+        "AutoModelForSequenceClassification": "BertForSequenceClassification",
+        "AutoModelForQuestionAnswering": "BertForQuestionAnswering",
+        "AutoModelForTokenClassification": "BertForTokenClassification"}),
+    "gpt2": _family("gpt2", "gpt2", "GPT2Config", {"AutoModel": "GPT2Model", "AutoModelForCausalLM": "GPT2LMHeadModel"}),
+    "t5": _family("t5", "t5", "T5Config", {"AutoModel": "T5Model", "AutoModelForSeq2SeqLM": "T5ForConditionalGeneration"}),
 }
 
 

@@ -16,6 +16,7 @@ from ...layers.mlp import GatedMLP
 from ...layers.norms import RMSNorm
 from ...layers.rotary import RotaryEmbedding, apply_rotary
 from ...modeling.base import ModelFacts, PreTrainedModel
+from ...modeling.losses import causal_lm_loss
 from ...modeling.outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from .configuration import LlamaConfig
 
@@ -133,13 +134,6 @@ class LlamaModel(LlamaPreTrainedModel):
             attentions=tuple(all_attn) if output_attentions else None,
         )
         return out if (cfg.return_dict if return_dict is None else return_dict) else out.to_tuple()
-
-
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
-    """Mean cross-entropy of predicting token t+1 from position t; labels equal to `ignore_index` are skipped."""
-    shifted = nn.functional.pad(labels, (0, 1), value=ignore_index)[..., 1:]
-    return nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
-                                       shifted.reshape(-1).to(logits.device), ignore_index=ignore_index)
 
 
 class LlamaForCausalLM(LlamaPreTrainedModel):
