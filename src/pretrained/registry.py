@@ -71,19 +71,18 @@ def config_class(model_type: str) -> type:
 
 
 def model_class(config_cls: type, task: str) -> type:
-    """The class for `task` of the family whose config class is `config_cls`."""
-    for fam in FAMILIES.values():
-        if fam.config is config_cls or (not isinstance(fam.config, type) and _load(fam.config) is config_cls):
-            if task not in fam.models:
-                raise UnknownModelTypeError(
-                    f"model_type '{fam.model_type}' has no class for {task}; it has: "
-                    f"{', '.join(sorted(fam.models)) or 'none'}."
-                )
-            return _load(fam.models[task])
-    raise UnknownModelTypeError(
-        f"No family is registered for the config class {config_cls.__name__}. Register one with "
-        f"AutoConfig.register(...) and {task}.register(...)."
-    )
+    """The class for `task` of the family whose config class is `config_cls` (found by its `model_type`)."""
+    fam = FAMILIES.get(getattr(config_cls, "model_type", ""))
+    if fam is None or _load(fam.config) is not config_cls:
+        raise UnknownModelTypeError(
+            f"No family is registered for the config class {config_cls.__name__}. Register one with "
+            f"AutoConfig.register(...) and {task}.register(...)."
+        )
+    if task not in fam.models:
+        raise UnknownModelTypeError(
+            f"model_type '{fam.model_type}' has no class for {task}; it has: {', '.join(sorted(fam.models)) or 'none'}."
+        )
+    return _load(fam.models[task])
 
 
 def register_config(model_type: str, config_cls: type, exist_ok: bool = False) -> None:
