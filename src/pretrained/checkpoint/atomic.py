@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Iterable
 
 from ..errors import SaveInterruptedError
@@ -155,6 +156,8 @@ class AtomicSave:
         os.mkdir(self.staging)
         self.files: list[str] = []
         self.committed = False
+        self._flushing: dict[str, Future] = {}
+        self._pool: ThreadPoolExecutor | None = None
 
     def path(self, filename: str) -> str:
         if os.sep in filename or filename.startswith("."):
@@ -163,13 +166,23 @@ class AtomicSave:
             self.files.append(filename)
         return os.path.join(self.staging, filename)
 
+    def finished(self, filename: str) -> None:
+        """Say a staged file is complete: it is fsync'd in the background while the next one is written."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="pretrained-fsync")
+        self._flushing[filename] = self._pool.submit(fsync_path, os.path.join(self.staging, filename))
+
     def write_text(self, filename: str, text: str) -> None:
         with open(self.path(filename), "w", encoding="utf-8") as f:
             f.write(text)
 
     def commit(self, remove: Iterable[str] = ()) -> None:
         for name in self.files:
-            fsync_path(os.path.join(self.staging, name))
+            pending = self._flushing.pop(name, None)
+            if pending is not None:
+                pending.result()
+            else:
+                fsync_path(os.path.join(self.staging, name))
         fsync_path(self.staging)
         remove = sorted(set(remove) - set(self.files))
         marker = {"staging": self.staging_name, "files": self.files, "remove": remove}
@@ -181,6 +194,8 @@ class AtomicSave:
         return self
 
     def __exit__(self, *exc) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
         # Once the marker is in place (our own: `recover` removed any earlier one) the staged files belong to a
         # commit that readers already see; an error after that point leaves them for `recover` to move in.
         if not self.committed and not os.path.exists(os.path.join(self.folder, MARKER)):

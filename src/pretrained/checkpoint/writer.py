@@ -117,6 +117,7 @@ def save_checkpoint(
                 write_safetensors(save.path(filename), shard, {"format": "pt", **(metadata or {})})
             else:
                 torch.save(shard, save.path(filename))
+            save.finished(filename)
             bar.update(1)
         bar.close()
         if len(plan) > 1:
