@@ -19,7 +19,7 @@ _EXPORTS = {
     "PreTrainedModel": "modeling.base", "ModelFacts": "modeling.base",
     "ModuleUtilsMixin": "modeling.utils",
     "load_sharded_checkpoint": "modeling.sharded",
-    "DynamicCache": "generation.cache",
+    "DynamicCache": "generation.cache", "EncoderDecoderCache": "generation.cache",
     "errors": None,
 }
 

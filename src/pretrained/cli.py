@@ -2,6 +2,8 @@
 
     pretrained demo [--dir DIR]        build a tiny Llama, save it sharded, load it back, check the round trip
     pretrained inspect PATH [--json]   what a checkpoint holds, read from its headers, index and config only
+    pretrained plan PATH [--max-memory 0=20GiB ...] [--dtype D] [--strategy S] [--json]
+                                       the device map a checkpoint would get, from its config alone
 
 torch is imported only by the subcommand that needs it, so `--help` is instant. A `PretrainedError` prints one
 line and exits with status 2.
@@ -218,6 +220,90 @@ def inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- plan ------------------------------------------------------------------------------------------------------
+def plan_checkpoint(path: str, max_memory: list[str] | None = None, dtype: str | None = None,
+                    strategy: str = "auto") -> dict[str, Any]:
+    """The device map the model in `path` would get: config.json -> skeleton on the meta device -> plan.
+    No weight is read. `max_memory` holds "DEVICE=SIZE" strings (default: the memory free now)."""
+    from .auto import AutoConfig
+    from .dispatch.plan import available_memory, plan_device_map, sizes_from_model
+    from .errors import DeviceMapError
+    from .modeling.dtype import as_dtype, resolve_dtype
+
+    config = AutoConfig.from_pretrained(path)
+    model_cls = _model_class(config)
+    load_dtype = as_dtype(dtype, "--dtype") if dtype else resolve_dtype(None, config.dtype, None)
+    budgets: dict[str, str] = {}
+    for item in max_memory or []:
+        device, sep, size = item.partition("=")
+        if not sep or not device.strip() or not size.strip():
+            raise DeviceMapError(f"--max-memory {item!r}: write DEVICE=SIZE, e.g. 0=20GiB, cuda:1=20GiB or cpu=64GB.")
+        budgets[device.strip()] = size.strip()
+    sizes = sizes_from_model(model_cls._skeleton(config, load_dtype))
+    plan = plan_device_map(sizes, budgets or available_memory(), model_cls.facts.no_split_modules, strategy=strategy)
+    return {
+        "path": os.path.abspath(path), "model_class": model_cls.__name__, "model_type": config.model_type,
+        "dtype": str(load_dtype).removeprefix("torch."),
+        "dtype_source": "--dtype" if dtype else "config" if config.dtype is not None else "default",
+        "total_bytes": sizes.total[""], "strategy": strategy, "no_split_modules": list(model_cls.facts.no_split_modules),
+        "max_memory": {str(d): b for d, b in plan.budget.items()},
+        "device_map": plan.device_map,
+        "used": {str(d): b for d, b in plan.used.items()},
+        "reserved": {str(d): b for d, b in plan.reserved.items()},
+    }
+
+
+def _model_class(config: Any) -> type:
+    """The registered class `config.architectures` names, else the family's base model."""
+    from . import registry
+
+    family = registry.family(config.model_type)
+    names = {task: ref.__name__ if isinstance(ref, type) else ref.rpartition(":")[2] for task, ref in family.models.items()}
+    task = next((t for t, name in names.items() if name in (config.architectures or [])),
+                "AutoModel" if "AutoModel" in names else next(iter(names)))
+    return registry.model_class(type(config), task)
+
+
+def _collapse(device_map: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Map entries with runs of numbered siblings on one device folded: model.layers.0-12 -> 0."""
+    runs: list[list[Any]] = []  # [prefix, first, last, device] for numbered names, [name, None, None, device] else
+    for name, device in device_map.items():
+        stem, _, index = name.rpartition(".")
+        last = runs[-1] if runs else None
+        if index.isdigit() and last and last[0] == stem and last[2] == int(index) - 1 and last[3] == device:
+            last[2] = int(index)
+        elif index.isdigit():
+            runs.append([stem, int(index), int(index), device])
+        else:
+            runs.append([name, None, None, device])
+    return [(f"{p}.{a}" + (f"-{b}" if b != a else "") if a is not None else (p or '""'), d) for p, a, b, d in runs]
+
+
+def _print_plan(r: dict[str, Any]) -> None:
+    budget = ", ".join(f"{d}: {_size(b) if b is not None else 'no limit'}" for d, b in r["max_memory"].items())
+    _fields([("model", f"{r['model_class']} ({r['model_type']}), {r['dtype']} ({r['dtype_source']}), "
+                       f"{_size(r['total_bytes'])}"),
+             ("strategy", r["strategy"]), ("no-split", ", ".join(r["no_split_modules"]) or "-"), ("budget", budget)])
+    rows = _collapse(r["device_map"])
+    width = max(len(name) for name, _ in rows)
+    print("\ndevice map")
+    print("".join(f"  {name.ljust(width)} -> {device}\n" for name, device in rows), end="")
+    print("\nbytes per device")
+    _table([(d, _size(b), f"of {_size(r['max_memory'][d])}" if r["max_memory"][d] is not None else "")
+            for d, b in r["used"].items()])
+    for device, nbytes in r["reserved"].items():
+        print(f"  {device} also keeps {_size(nbytes)} free: offloaded layers are brought there to run")
+
+
+def plan(args: argparse.Namespace) -> int:
+    report = plan_checkpoint(args.path, args.max_memory, args.dtype, args.strategy)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_plan(report)
+    return 0
+
+
 # ---- entry point -----------------------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pretrained", description="Load, save and inspect pretrained checkpoints.")
@@ -229,6 +315,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="a checkpoint folder or a .safetensors file")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(run=inspect)
+    p = commands.add_parser("plan", help="plan a device map from a checkpoint's config (no weights read)")
+    p.add_argument("path", help="a checkpoint folder (its config.json is read)")
+    p.add_argument("--max-memory", action="append", metavar="DEVICE=SIZE",
+                   help="a budget, repeatable: 0=20GiB (GPU 0; no GPU needed to plan), cpu=64GB, disk=0 "
+                        "(default: the memory free now)")
+    p.add_argument("--dtype", help="the dtype the weights would load in (default: the config's, else float32)")
+    p.add_argument("--strategy", default="auto", choices=["auto", "balanced", "balanced_low_0", "sequential"])
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(run=plan)
     return parser
 
 

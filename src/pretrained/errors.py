@@ -53,3 +53,7 @@ class LoadingError(PretrainedError, RuntimeError):
 
 class DtypeError(PretrainedError, ValueError):
     """A dtype argument that is not a torch dtype, a dtype name, or "auto"."""
+
+
+class DeviceMapError(PretrainedError, ValueError):
+    """A device map or memory budget that cannot be honoured (names the module or device and how to fix)."""

@@ -55,7 +55,7 @@ def dedupe_shared(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, tor
     kept, dropped = {}, {}
     for name, t in state_dict.items():
         key = (*_storage_key(t), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
-        if key in seen:
+        if key in seen and t.numel():  # empty tensors hold no memory to share
             dropped[name] = seen[key]
         else:
             seen[key] = name

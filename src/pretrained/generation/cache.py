@@ -37,3 +37,27 @@ class DynamicCache:
             if self.keys[i] is not None:
                 self.keys[i] = self.keys[i].index_select(0, beam_idx.to(self.keys[i].device))
                 self.values[i] = self.values[i].index_select(0, beam_idx.to(self.values[i].device))
+
+
+class EncoderDecoderCache:
+    """The cache of an encoder-decoder's decoder: a `DynamicCache` grown by its self-attention, and one holding
+    the cross-attention keys/values of the encoder output, computed on the first step and reused after
+    (`is_updated[layer_idx]` says whether a layer's are there)."""
+
+    def __init__(self, self_attention_cache: DynamicCache | None = None,
+                 cross_attention_cache: DynamicCache | None = None) -> None:
+        self.self_attention_cache = self_attention_cache if self_attention_cache is not None else DynamicCache()
+        self.cross_attention_cache = cross_attention_cache if cross_attention_cache is not None else DynamicCache()
+        self.is_updated: dict[int, bool] = {
+            i: k is not None for i, k in enumerate(self.cross_attention_cache.keys)}
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        """Decoder tokens seen so far (the self-attention cache's length)."""
+        return self.self_attention_cache.get_seq_length(layer_idx)
+
+    def __len__(self) -> int:
+        return len(self.self_attention_cache)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self.self_attention_cache.reorder_cache(beam_idx)
+        self.cross_attention_cache.reorder_cache(beam_idx)

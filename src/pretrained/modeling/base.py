@@ -24,9 +24,13 @@ from ..checkpoint.reader import CheckpointReader, TensorInfo
 from ..checkpoint.shards import DEFAULT_MAX_SHARD_SIZE
 from ..checkpoint.writer import save_checkpoint
 from ..configuration import CONFIG_NAME, PretrainedConfig
-from ..errors import ConfigError, LoadingError
+from ..dispatch.hooks import attach_hooks
+from ..dispatch.offload import DiskStore
+from ..dispatch.plan import STRATEGIES, available_memory, device_for, parse_device_map, plan_device_map, sizes_from_model
+from ..errors import ConfigError, DeviceMapError
 from ..hub.resolve import pop_hub_kwargs
 from ..layers.attention import check_implementation
+from ..layers.pruning import attention_blocks, prune_attention_heads
 from .dtype import as_dtype, module_dtype, resolve_dtype
 from .embeddings import resized_embedding, resized_linear_rows
 from .loading import initialise_meta, load_into
@@ -48,6 +52,8 @@ class ModelFacts:
     input_embeddings: str = ""  # path of the input nn.Embedding inside the base model
     output_embeddings: str = ""  # path of the output projection inside the task model
     checkpoint_key_fixes: tuple[tuple[str, str], ...] = ()  # (regex, replacement) on checkpoint names
+    ignore_unexpected: tuple[str, ...] = ()  # regexes (re.search) of known leftover checkpoint names: not reported
+    attention_blocks: str = ""  # prunable attention blocks in the base model, "*" = layer ("encoder.layer.*.attention")
     supports_gradient_checkpointing: bool = False
     can_generate: bool = False
 
@@ -102,6 +108,7 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
         cls._no_split_modules = list(f.no_split_modules)
         cls._tied_weights_keys = dict(f.tied_weights)
         cls._keep_in_fp32_modules = list(f.keep_in_fp32_modules)
+        cls._keys_to_ignore_on_load_unexpected = list(f.ignore_unexpected)
         cls.main_input_name = f.main_input_name
         cls.supports_gradient_checkpointing = f.supports_gradient_checkpointing
 
@@ -118,7 +125,10 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
 
     # ---- initialisation ----------------------------------------------------------------------
     def post_init(self) -> None:
-        """Called at the end of a family's __init__: initialise weights (skipped when about to load)."""
+        """Called at the end of a family's __init__: remove the heads `config.pruned_heads` names (so a pruned
+        checkpoint finds its shapes), then initialise weights (skipped when about to load)."""
+        if self.config.pruned_heads:
+            self.prune_heads(dict(self.config.pruned_heads))
         if not _SKIP_INIT.get():
             self.init_weights()
 
@@ -158,8 +168,12 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
 
     # ---- ties and embeddings -----------------------------------------------------------------
     def active_ties(self) -> dict[str, str]:
-        """Declared ties in force for this config (target name -> source name)."""
-        return dict(self.facts.tied_weights) if getattr(self.config, "tie_word_embeddings", False) else {}
+        """Declared ties in force for this config (target name -> source name), less those the loaded checkpoint
+        stored as two different tensors (`_untied_weights`, set by loading)."""
+        if not getattr(self.config, "tie_word_embeddings", False):
+            return {}
+        untied = getattr(self, "_untied_weights", ())
+        return {t: s for t, s in self.facts.tied_weights.items() if t not in untied}
 
     def tie_weights(self) -> None:
         """Make each tied target the very same Parameter as its source."""
@@ -204,13 +218,58 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
         std = getattr(self.config, "initializer_range", 0.02)
         self.set_input_embeddings(resized_embedding(old, new_num, mean_resizing, std))
         out = self.get_output_embeddings()
-        if out is not None and not self.active_ties():
+        if out is not None and f"{self.facts.output_embeddings}.weight" not in self.active_ties():
             self.set_output_embeddings(resized_linear_rows(out, new_num, mean_resizing, std))
         self.config.vocab_size = new_num
         if hasattr(self.get_input_embeddings(), "num_embeddings"):
             self.vocab_size = new_num
         self.tie_weights()
         return self.get_input_embeddings()
+
+    # ---- head pruning ------------------------------------------------------------------------
+    def prune_heads(self, heads_to_prune: Mapping[int, list[int]]) -> None:
+        """Remove attention heads for good: `{layer: [heads]}`, heads numbered as in the unpruned model (pruning
+        {0: [1]} after {0: [0, 2]} removes original head 1). Already-removed heads are ignored; the union is kept in
+        `config.pruned_heads`, so a saved model reloads with the pruned shapes. Out-of-range layers or heads raise
+        ValueError before anything changes."""
+        if not self.facts.attention_blocks:
+            raise NotImplementedError(f"{type(self).__name__} declares no prunable attention blocks.")
+        prune_attention_heads(attention_blocks(self.base_model, self.facts.attention_blocks), heads_to_prune,
+                              self.config.pruned_heads)
+
+    # ---- a dispatched model stays where its plan put it ---------------------------------------
+    def _refuse_if_dispatched(self, what: str) -> None:
+        if getattr(self, "_dispatch_hooks", None):
+            places = sorted({str(d) for d in self.hf_device_map.values()})
+            raise DeviceMapError(
+                f"This model is dispatched over {', '.join(places)} by its device_map; .{what}() would move or "
+                "cast weights behind the hooks that run it there. Load it again with the device and dtype you "
+                "want (device_map=..., dtype=...) instead."
+            )
+
+    def to(self, *args: Any, **kwargs: Any):
+        self._refuse_if_dispatched("to")
+        return super().to(*args, **kwargs)
+
+    def cuda(self, *args: Any, **kwargs: Any):
+        self._refuse_if_dispatched("cuda")
+        return super().cuda(*args, **kwargs)
+
+    def cpu(self):
+        self._refuse_if_dispatched("cpu")
+        return super().cpu()
+
+    def half(self):
+        self._refuse_if_dispatched("half")
+        return super().half()
+
+    def float(self):
+        self._refuse_if_dispatched("float")
+        return super().float()
+
+    def bfloat16(self):
+        self._refuse_if_dispatched("bfloat16")
+        return super().bfloat16()
 
     # ---- gradient checkpointing --------------------------------------------------------------
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
@@ -235,7 +294,9 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
     @classmethod
     def _check_config(cls, config: PretrainedConfig) -> None:
         expected = cls.config_class
-        if expected is not PretrainedConfig and not isinstance(config, expected):
+        # the model_type too: a family's config may subclass another's (MistralConfig is a LlamaConfig)
+        if expected is not PretrainedConfig and (not isinstance(config, expected)
+                                                 or config.model_type != expected.model_type):
             raise ConfigError(
                 f"{cls.__name__} needs a {expected.__name__} (model_type '{expected.model_type}'), but the config is a "
                 f"{type(config).__name__} (model_type '{config.model_type}'). Use the Auto classes to pick the "
@@ -292,7 +353,13 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
             pretrained_model_name_or_path: a folder, a weights file, or a Hub repo id (`org/name`).
             config: a config object, or where to read one (defaults to the checkpoint's own `config.json`).
             dtype / torch_dtype: a torch dtype, its name, or "auto" (default: config's dtype, else the weights').
-            device_map: None, or one device ("cpu", "cuda:0", 0, torch.device) that every weight goes to.
+            device_map: None (CPU), one device ("cpu", "cuda:0", 0, torch.device), a strategy ("auto", "balanced",
+                "balanced_low_0", "sequential") planned against `max_memory`, or a dict module name -> GPU index,
+                "cpu" or "disk". The plan is kept in `model.hf_device_map`.
+            max_memory: device -> bytes or "20GiB"/"20GB" for the strategies (default: what is free now).
+            offload_folder: where weights planned on "disk" are written when they cannot be mapped from the
+                checkpoint itself (a dtype change, or a pickle checkpoint).
+            offload_buffers: put the buffers of disk-planned modules on disk too (default: keep them in memory).
             output_loading_info: also return {"missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"}.
             ignore_mismatched_sizes: initialise weights whose checkpoint shape differs instead of raising.
             use_safetensors: True = safetensors only; False = pickle only; None = safetensors first.
@@ -310,7 +377,11 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
         requested_dtype = kwargs.pop("dtype", None)
         legacy_dtype = kwargs.pop("torch_dtype", None)
         requested_dtype = requested_dtype if requested_dtype is not None else legacy_dtype
-        device = _single_device(kwargs.pop("device_map", None))
+        device_map = kwargs.pop("device_map", None)
+        max_memory = kwargs.pop("max_memory", None)
+        offload_folder = kwargs.pop("offload_folder", None)
+        offload_buffers = kwargs.pop("offload_buffers", False)
+        kwargs.pop("offload_state_dict", None)  # moot: weights stream one tensor at a time, never a second copy
         attn = kwargs.pop("attn_implementation", None)
         variant = kwargs.pop("variant", None)
         state_dict = kwargs.pop("state_dict", None)
@@ -341,9 +412,21 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
             reader = CheckpointReader(files.files, files.format)
         dtype = resolve_dtype(requested_dtype, config.dtype, reader.first_floating_dtype())
         model = cls._skeleton(config, dtype)
-        info = load_into(model, reader, device=device, ignore_mismatched_sizes=ignore_mismatched_sizes)
+        plan = _device_plan(model, device_map, max_memory)
+        store = DiskStore(offload_folder) if plan and "disk" in plan.values() else None
+        buffers = {n for n, _ in model.named_buffers()}
+
+        def placement(name: str):
+            planned = device_for(name, plan)
+            return "cpu" if planned == "disk" and name in buffers and not offload_buffers else planned
+
+        info = load_into(model, reader, placement=placement if plan else None, disk=store,
+                         ignore_mismatched_sizes=ignore_mismatched_sizes)
         config.dtype = dtype
         model.eval()
+        if plan is not None:
+            model.hf_device_map = plan
+            model._dispatch_hooks = attach_hooks(model, plan, store)
         model.loading_info = info
         return (model, info.as_dict()) if output_loading_info else model
 
@@ -401,22 +484,17 @@ def _generation_config_json(config: PretrainedConfig) -> str:
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
-def _single_device(device_map: Any) -> torch.device:
-    """The one device a `device_map` names (multi-device maps are the dispatch module's job)."""
+def _device_plan(model: nn.Module, device_map: Any, max_memory: Any) -> dict[str, Any] | None:
+    """The device map to load `model` (a meta skeleton in its final dtypes) onto; None for plain CPU loading."""
     if device_map is None:
-        return torch.device("cpu")
-    if isinstance(device_map, int):
-        return torch.device("cuda", device_map)
-    if isinstance(device_map, torch.device):
-        return device_map
-    if isinstance(device_map, str) and device_map not in ("auto", "balanced", "balanced_low_0", "sequential"):
-        return torch.device(device_map)
-    if isinstance(device_map, dict) and len(set(device_map.values())) == 1:
-        return _single_device(next(iter(device_map.values())))
-    raise LoadingError(
-        f"device_map={device_map!r} spreads the model over several devices, which needs big-model dispatch "
-        "(not in this version). Pass one device, e.g. device_map='cpu' or device_map='cuda:0'."
-    )
+        if max_memory is not None:
+            raise DeviceMapError("max_memory only applies with a device_map; pass device_map='auto' as well.")
+        return None
+    if isinstance(device_map, str) and device_map in STRATEGIES:
+        budgets = available_memory() if max_memory is None else max_memory
+        sizes = sizes_from_model(model)
+        return plan_device_map(sizes, budgets, model._no_split_modules, strategy=device_map).device_map
+    return parse_device_map(device_map, model)
 
 
 class _StateDictReader(CheckpointReader):

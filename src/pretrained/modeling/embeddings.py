@@ -24,15 +24,18 @@ def _new_rows(old: torch.Tensor, count: int, mean_resizing: bool, std: float) ->
 
 
 def resized_embedding(old: nn.Embedding, new_num: int, mean_resizing: bool, std: float) -> nn.Embedding:
-    """A new nn.Embedding with `new_num` rows, the first min(old, new) copied from `old`."""
+    """`old` with a table of `new_num` rows, the first min(old, new) copied from it. The module itself is kept,
+    with its class and state (a scaled embedding keeps its scale); a padding row that no longer exists is dropped."""
     keep = min(old.num_embeddings, new_num)
     weight = torch.empty(new_num, old.embedding_dim, dtype=old.weight.dtype, device=old.weight.device)
     with torch.no_grad():
         weight[:keep] = old.weight[:keep]
         weight[keep:] = _new_rows(old.weight, new_num - keep, mean_resizing, std)
-    new = nn.Embedding(new_num, old.embedding_dim, padding_idx=old.padding_idx, device="meta")
-    new.weight = nn.Parameter(weight, requires_grad=old.weight.requires_grad)
-    return new
+    old.weight = nn.Parameter(weight, requires_grad=old.weight.requires_grad)
+    old.num_embeddings = new_num
+    if old.padding_idx is not None and old.padding_idx >= new_num:
+        old.padding_idx = None
+    return old
 
 
 def resized_linear_rows(old: nn.Linear, new_num: int, mean_resizing: bool, std: float) -> nn.Linear:

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from ..checkpoint.reader import CheckpointReader
+from ..dispatch.offload import DiskStore
 from ..errors import ShapeMismatchError
 
 _LEGACY_SUFFIXES = ((".gamma", ".weight"), (".beta", ".bias"))
@@ -76,17 +78,33 @@ def load_into(
     *,
     device: torch.device | str = "cpu",
     ignore_mismatched_sizes: bool = False,
+    placement: Callable[[str], Any] | None = None,
+    disk: DiskStore | None = None,
 ) -> LoadingInfo:
-    """Assign checkpoint tensors to `model` (built on meta) in the dtypes its skeleton already has."""
+    """Assign checkpoint tensors to `model` (built on meta) in the dtypes its skeleton already has.
+
+    Every tensor goes to `device`, or, with a `placement` (tensor name -> GPU index, "cpu" or "disk"), to its
+    planned place: disk tensors stored in the wanted dtype become mapped views of the checkpoint file (not read
+    at all); others are written once through `disk` (its offload folder).
+    """
+
+    def where(name: str) -> Any:
+        planned = placement(name) if placement else device
+        if planned == "disk":
+            return "disk"
+        return torch.device("cuda", planned) if isinstance(planned, int) else torch.device(planned)
+
     targets = model.state_dict(keep_vars=True)
     to_model = key_mapper(model, list(reader.infos), set(targets))
     info = LoadingInfo()
     wanted: dict[str, str] = {}  # checkpoint name -> model name
     mismatches = []
+    leftovers = [re.compile(p) for p in model.facts.ignore_unexpected]
     for ckpt_name, tinfo in reader.infos.items():
         name = to_model(ckpt_name)
         if name not in targets:
-            info.unexpected_keys.append(ckpt_name)
+            if not any(p.search(ckpt_name) for p in leftovers):
+                info.unexpected_keys.append(ckpt_name)
             continue
         expected = tuple(targets[name].shape)
         if tinfo.shape != expected:
@@ -100,40 +118,72 @@ def load_into(
             "matches the checkpoint, or pass ignore_mismatched_sizes=True to initialise those weights afresh."
         )
     info.mismatched_keys = [(n, c, m) for n, c, m, _ in mismatches]
-    convert = {c: targets[n].dtype for c, n in wanted.items()
-               if targets[n].is_floating_point() and reader.infos[c].dtype.is_floating_point}
-    for ckpt_name, tensor in reader.iter_tensors(set(wanted), convert):
+    convert = {c: targets[n].dtype for c, n in wanted.items()  # floating tensors whose dtype changes
+               if targets[n].is_floating_point() and reader.infos[c].dtype.is_floating_point
+               and reader.infos[c].dtype != targets[n].dtype}
+    to_read = set(wanted)
+    for ckpt_name, name in wanted.items():  # disk weights already in the right dtype: map the checkpoint itself
+        if where(name) == "disk" and reader.format == "safetensors" and ckpt_name not in convert:
+            _set_tensor(model, name, disk.view(reader.infos[ckpt_name]))
+            to_read.discard(ckpt_name)
+    for ckpt_name, tensor in reader.iter_tensors(to_read, convert):
         name = wanted[ckpt_name]
-        target = targets[name]
-        value = tensor.to(device=device, dtype=target.dtype if target.is_floating_point() else None)
+        target, place = targets[name], where(name)
+        if place == "disk":
+            value = disk.put(name, tensor.to(dtype=target.dtype if target.is_floating_point() else None))
+        else:
+            value = tensor.to(device=place, dtype=target.dtype if target.is_floating_point() else None)
         _set_tensor(model, name, value)
-    model.tie_weights()
     loaded = set(wanted.values())
+    model._untied_weights = _untied_by_checkpoint(model, loaded)
+    model.tie_weights()
     tied = {t for t, s in model.active_ties().items() if s in loaded}
     mismatched = {n for n, _, _ in info.mismatched_keys}  # in the checkpoint, reported as mismatched, not missing
     info.missing_keys = sorted(set(targets) - loaded - tied - mismatched)
-    initialise_meta(model, device)
-    for module in model.modules():  # computed buffers (rotary frequencies) were made on the CPU
+    def memory_device(name: str) -> torch.device:  # where a tensor made here (init, computed buffer) lives
+        place = where(name)
+        return torch.device("cpu") if place == "disk" else place
+
+    initialise_meta(model, memory_device)
+    for module_name, module in model.named_modules():  # computed buffers (rotary frequencies) were made on the CPU
         for name, buf in module.named_buffers(recurse=False):
-            if buf is not None and buf.device != torch.device(device):
-                module._buffers[name] = buf.to(device)
+            target = memory_device(f"{module_name}.{name}" if module_name else name)
+            if buf is not None and buf.device != target:
+                module._buffers[name] = buf.to(target)
     return info
 
 
-def initialise_meta(model: nn.Module, device: torch.device | str) -> None:
+def _untied_by_checkpoint(model: nn.Module, loaded: set[str]) -> set[str]:
+    """Declared ties whose target and source were both in the checkpoint with different values: the file holds two
+    separate weights (e.g. a T5 v1.1 head saved under a config that says "tied"), so, as the reference does, they
+    stay untied rather than one silently replacing the other."""
+    untied = set()
+    for target, source in model.active_ties().items():
+        if target in loaded and source in loaded:
+            t, s = model.get_parameter(target), model.get_parameter(source)
+            if t.shape != s.shape or not torch.equal(t, s.to(t.device)):
+                untied.add(target)
+    return untied
+
+
+def initialise_meta(model: nn.Module, device: torch.device | str | Callable[[str], torch.device]) -> None:
     """Give every tensor still on the meta device real memory and initial values (`_init_weights`, or
     `reset_buffers` for computed buffers), leaving the module's already-loaded tensors untouched."""
-    for module in model.modules():
+    for module_name, module in model.named_modules():
         params = [n for n, p in module.named_parameters(recurse=False) if p.is_meta]
         buffers = [n for n, b in module.named_buffers(recurse=False) if b is not None and b.is_meta]
         if not params and not buffers:
             continue
         kept = {n: p.detach().clone() for n, p in module.named_parameters(recurse=False) if not p.is_meta}
+        if callable(device):
+            dev = device(module_name + ".x" if module_name else "x")
+        else:
+            dev = device
         for n in params:
             old = module._parameters[n]
-            module._parameters[n] = nn.Parameter(torch.empty_like(old, device=device), requires_grad=old.requires_grad)
+            module._parameters[n] = nn.Parameter(torch.empty_like(old, device=dev), requires_grad=old.requires_grad)
         for n in buffers:
-            module._buffers[n] = torch.empty_like(module._buffers[n], device=device)
+            module._buffers[n] = torch.empty_like(module._buffers[n], device=dev)
         with torch.no_grad():
             if buffers and hasattr(module, "reset_buffers"):
                 module.reset_buffers()

@@ -1,4 +1,12 @@
 from .configuration import LlamaConfig
-from .modeling import LlamaForCausalLM, LlamaModel, LlamaPreTrainedModel
+from .modeling import (
+    LlamaForCausalLM,
+    LlamaForQuestionAnswering,
+    LlamaForSequenceClassification,
+    LlamaForTokenClassification,
+    LlamaModel,
+    LlamaPreTrainedModel,
+)
 
-__all__ = ["LlamaConfig", "LlamaForCausalLM", "LlamaModel", "LlamaPreTrainedModel"]
+__all__ = ["LlamaConfig", "LlamaForCausalLM", "LlamaForQuestionAnswering", "LlamaForSequenceClassification",
+           "LlamaForTokenClassification", "LlamaModel", "LlamaPreTrainedModel"]

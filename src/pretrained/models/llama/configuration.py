@@ -8,7 +8,12 @@ from ...errors import ConfigError
 
 class LlamaConfig(PretrainedConfig):
     """Llama hyper-parameters; defaults are Llama-2-7B's. `head_dim` defaults to hidden_size / heads and
-    `num_key_value_heads` to `num_attention_heads` (no grouped-query attention)."""
+    `num_key_value_heads` to `num_attention_heads` (no grouped-query attention).
+
+    Families built on Llama (Mistral, Qwen2, Gemma) subclass this config, override its defaults, add their own
+    keys, and drop the Llama keys they do not have with `_drop_unless_given`, so that their `config.json` holds
+    the keys their ecosystem's files hold.
+    """
 
     model_type = "llama"
     default_rope_theta = 10000.0
@@ -69,3 +74,10 @@ class LlamaConfig(PretrainedConfig):
             pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
             tie_word_embeddings=tie_word_embeddings, rope_parameters=rope_parameters, **kwargs,
         )
+
+    def _drop_unless_given(self, keys: tuple[str, ...], given: dict[str, Any]) -> None:
+        """Forget Llama keys this family does not have, unless the caller passed them (then they are kept, like
+        any unknown key, and written back)."""
+        for key in keys:
+            if key not in given:
+                del self.__dict__[key]

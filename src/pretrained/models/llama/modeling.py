@@ -2,6 +2,10 @@
 
 Module names equal the checkpoint names (`model.layers.0.self_attn.q_proj.weight`).
 Shapes: B batch, T new tokens, S cached + new tokens, H heads, K kv heads, D head_dim, C hidden.
+
+Llama is also the template of the Mistral, Qwen2 and Gemma families: each subclasses these modules and states
+only its difference through the small hooks below (`projection_biases`, `mlp_bias`, `norm_offset`,
+`layer_class`, `embeddings`, `sliding_windows`). The task heads live in `modeling/heads.py`.
 """
 
 from __future__ import annotations
@@ -16,8 +20,13 @@ from ...layers.mlp import GatedMLP
 from ...layers.norms import RMSNorm
 from ...layers.rotary import RotaryEmbedding, apply_rotary
 from ...modeling.base import ModelFacts, PreTrainedModel
-from ...modeling.losses import causal_lm_loss
-from ...modeling.outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from ...modeling.heads import (
+    DecoderForCausalLM,
+    DecoderForQuestionAnswering,
+    DecoderForSequenceClassification,
+    DecoderForTokenClassification,
+)
+from ...modeling.outputs import BaseModelOutputWithPast
 from .configuration import LlamaConfig
 
 
@@ -28,11 +37,17 @@ class LlamaAttention(nn.Module):
         self.head_dim = config.head_dim
         self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.scaling = self.head_dim**-0.5
-        bias, C, D = config.attention_bias, config.hidden_size, self.head_dim
-        self.q_proj = nn.Linear(C, self.num_heads * D, bias=bias)
-        self.k_proj = nn.Linear(C, self.num_kv_heads * D, bias=bias)
-        self.v_proj = nn.Linear(C, self.num_kv_heads * D, bias=bias)
-        self.o_proj = nn.Linear(self.num_heads * D, C, bias=bias)
+        qkv_bias, o_bias = self.projection_biases(config)
+        C, D = config.hidden_size, self.head_dim
+        self.q_proj = nn.Linear(C, self.num_heads * D, bias=qkv_bias)
+        self.k_proj = nn.Linear(C, self.num_kv_heads * D, bias=qkv_bias)
+        self.v_proj = nn.Linear(C, self.num_kv_heads * D, bias=qkv_bias)
+        self.o_proj = nn.Linear(self.num_heads * D, C, bias=o_bias)
+
+    @staticmethod
+    def projection_biases(config: LlamaConfig) -> tuple[bool, bool]:
+        """(bias on q/k/v, bias on o)."""
+        return config.attention_bias, config.attention_bias
 
     def forward(self, x, position_embeddings, mask, cache=None, output_attentions=False):
         B, T, _ = x.shape
@@ -49,12 +64,20 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
+    attention_class: type[LlamaAttention] = LlamaAttention
+    norm_offset = 0.0  # RMSNorm scales by (norm_offset + w); Gemma's 1.0 gives its (1 + w)
+
     def __init__(self, config: LlamaConfig, layer_idx: int) -> None:
         super().__init__()
-        self.self_attn = LlamaAttention(config, layer_idx)
-        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, config.hidden_act, config.mlp_bias)
-        self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        C, eps = config.hidden_size, config.rms_norm_eps
+        self.self_attn = self.attention_class(config, layer_idx)
+        self.mlp = GatedMLP(C, config.intermediate_size, config.hidden_act, self.mlp_bias(config))
+        self.input_layernorm = RMSNorm(C, eps=eps, offset=self.norm_offset)
+        self.post_attention_layernorm = RMSNorm(C, eps=eps, offset=self.norm_offset)
+
+    @staticmethod
+    def mlp_bias(config: LlamaConfig) -> bool:
+        return config.mlp_bias
 
     def forward(self, x, position_embeddings, mask, cache=None, output_attentions=False):
         attn, weights = self.self_attn(self.input_layernorm(x), position_embeddings, mask, cache, output_attentions)
@@ -76,15 +99,25 @@ class LlamaPreTrainedModel(PreTrainedModel):
 class LlamaModel(LlamaPreTrainedModel):
     """The decoder stack: token ids -> final hidden states (B, T, C)."""
 
+    layer_class: type[LlamaDecoderLayer] = LlamaDecoderLayer
+
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__(config)
         self.padding_idx, self.vocab_size = config.pad_token_id, config.vocab_size
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(config, i) for i in range(config.num_hidden_layers))
-        self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.embed_tokens = self.embeddings(config)
+        self.layers = nn.ModuleList(self.layer_class(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, offset=self.layer_class.norm_offset)
         self.rotary_emb = RotaryEmbedding(config.rope_parameters, config.head_dim, config.max_position_embeddings)
         self.gradient_checkpointing = False
         self.post_init()
+
+    def embeddings(self, config: LlamaConfig) -> nn.Embedding:
+        """The token embedding table (`embed_tokens`)."""
+        return nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+
+    def sliding_windows(self) -> list[int | None]:
+        """Per layer, how many most recent positions a query may attend to (None: all earlier ones)."""
+        return [None] * len(self.layers)
 
     def forward(
         self,
@@ -111,17 +144,18 @@ class LlamaModel(LlamaPreTrainedModel):
         T = x.shape[1]
         if position_ids is None:
             position_ids = torch.arange(past, past + T, device=x.device)[None]
-        mask = causal_mask(attention_mask, T, past + T, x.device, getattr(cfg, "sliding_window", None))
+        windows = self.sliding_windows()
+        masks = {w: causal_mask(attention_mask, T, past + T, x.device, w) for w in set(windows)}
         rope = self.rotary_emb(x, position_ids)
         all_hidden, all_attn = [], []
-        for layer in self.layers:
+        for layer, window in zip(self.layers, windows):
             if output_hidden_states:
                 all_hidden.append(x)
             if self.gradient_checkpointing and self.training:
-                x, weights = checkpoint(layer, x, rope, mask, past_key_values, output_attentions,
+                x, weights = checkpoint(layer, x, rope, masks[window], past_key_values, output_attentions,
                                         **self.gradient_checkpointing_kwargs)
             else:
-                x, weights = layer(x, rope, mask, past_key_values, output_attentions)
+                x, weights = layer(x, rope, masks[window], past_key_values, output_attentions)
             if output_attentions:
                 all_attn.append(weights)
         x = self.norm(x)
@@ -136,41 +170,20 @@ class LlamaModel(LlamaPreTrainedModel):
         return out if (cfg.return_dict if return_dict is None else return_dict) else out.to_tuple()
 
 
-class LlamaForCausalLM(LlamaPreTrainedModel):
+class LlamaForCausalLM(DecoderForCausalLM, LlamaPreTrainedModel):
     """Decoder + language-model head: token ids -> next-token logits (B, T, vocab)."""
 
-    facts = LlamaPreTrainedModel.facts.but(
-        tied_weights={"lm_head.weight": "model.embed_tokens.weight"}, output_embeddings="lm_head", can_generate=True
-    )
+    base_class = LlamaModel
 
-    def __init__(self, config: LlamaConfig) -> None:
-        super().__init__(config)
-        self.model = LlamaModel(config)
-        self.vocab_size = config.vocab_size
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.post_init()
 
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        past_key_values: DynamicCache | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        labels: torch.LongTensor | None = None,  # (B, T), -100 = ignore
-        use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        logits_to_keep: int = 0,  # 0 = all positions; n = only the last n
-    ):
-        base = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
-                          output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                          return_dict=True)
-        hidden = base.last_hidden_state if not logits_to_keep else base.last_hidden_state[:, -logits_to_keep:]
-        logits = self.lm_head(hidden)
-        loss = causal_lm_loss(logits, labels) if labels is not None else None
-        out = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=base.past_key_values,
-                                     hidden_states=base.hidden_states, attentions=base.attentions)
-        return out if (self.config.return_dict if return_dict is None else return_dict) else out.to_tuple()
+class LlamaForSequenceClassification(DecoderForSequenceClassification, LlamaPreTrainedModel):
+    base_class = LlamaModel
+
+
+class LlamaForQuestionAnswering(DecoderForQuestionAnswering, LlamaPreTrainedModel):
+    base_class = LlamaModel
+    facts = LlamaPreTrainedModel.facts.but(base_model_prefix="transformer")  # the ecosystem's name for this class
+
+
+class LlamaForTokenClassification(DecoderForTokenClassification, LlamaPreTrainedModel):
+    base_class = LlamaModel
