@@ -259,25 +259,40 @@ def tensor_devices(device_map, model):
     return {n: device_for(n, device_map) for n in [*dict(model.named_parameters()), *dict(model.named_buffers())]}
 
 
-# Budgets where both algorithms keep the same reserves (something offloaded; the CPU's reserve either needed for
-# disk or not binding), so they must agree tensor by tensor. Toy: embed 4096 B, Blocks 2048 B, head 4096 B.
+# Budgets where both algorithms keep the same reserves (something offloaded; GPU 0 holds weights; the CPU's reserve
+# needed for disk or not binding), so they must agree tensor by tensor. Toy: Blocks 2048 B, embed and head V*64 B.
 AGREE = [
-    ({0: 30_000}, False),  # fits on one GPU with room to spare
-    ({0: 10_000, "cpu": 100_000}, False),  # GPU + CPU offload
-    ({0: 6_000, 1: 6_000, "cpu": 100_000}, False),  # two GPUs + CPU: GPU 0's reserve pushes the embedding on
-    ({0: 10_000, "cpu": 10_000}, False),  # GPU + CPU + disk
-    ({"cpu": 10_000}, False),  # CPU + disk only
-    ({0: 9_000, 1: 9_000, "cpu": 9_000}, True),  # tied embedding and head, three tiers
-    ({0: 12_000, "cpu": 100_000}, True),
+    ({0: 30_000}, 64, False),  # fits on one GPU with room to spare
+    ({0: 10_000, "cpu": 100_000}, 64, False),  # GPU + CPU offload
+    ({0: 8_000, 1: 6_000, "cpu": 100_000}, 32, False),  # two GPUs + CPU
+    ({0: 10_000, "cpu": 10_000}, 64, False),  # GPU + CPU + disk
+    ({"cpu": 10_000}, 64, False),  # CPU + disk only
+    ({0: 9_000, 1: 9_000, "cpu": 9_000}, 64, True),  # tied embedding and head, three tiers
+    ({0: 12_000, "cpu": 100_000}, 64, True),
 ]
 
 
-@pytest.mark.parametrize("budgets, tie", AGREE)
-def test_same_placement_as_accelerate(budgets, tie, accelerate_modeling):
-    model = meta_toy(L=10, tie=tie)
+@pytest.mark.parametrize("budgets, vocab, tie", AGREE)
+def test_same_placement_as_accelerate(budgets, vocab, tie, accelerate_modeling):
+    model = meta_toy(V=vocab, L=10, tie=tie)
     theirs = accelerate_modeling.infer_auto_device_map(model, dict(budgets), no_split_module_classes=["Block"])
     ours = infer_auto_device_map(model, dict(budgets), ["Block"])
     assert tensor_devices(ours, model) == tensor_devices(theirs, model)
+    assert len(set(ours.values())) == len(budgets) + ("disk" in ours.values())  # every device used
+
+
+def test_the_reserve_is_kept_where_offloaded_layers_run(accelerate_modeling):
+    """Deliberate difference: accelerate keeps GPU 0's reserve even when it leaves GPU 0 empty; the offloaded
+    layers then run on GPU 1, which kept no room (the 4096-byte head cannot be brought in). We keep the room on
+    the GPU that runs them: here no GPU can hold a layer and still bring in the head, so all stays on the CPU."""
+    model = meta_toy(L=10)
+    budgets = {0: 6_000, 1: 6_000, "cpu": 100_000}
+    theirs = accelerate_modeling.infer_auto_device_map(model, dict(budgets), no_split_module_classes=["Block"])
+    assert theirs["embed"] == 1 and 0 not in theirs.values()
+    assert infer_auto_device_map(model, budgets, ["Block"]) == {"": "cpu"}
+    roomy = plan_device_map(sizes_from_model(model), {0: 6_000, 1: 9_000, "cpu": 100_000}, ["Block"],
+                            strategy="sequential")
+    assert 0 not in roomy.used and roomy.reserved == {1: 4096} and roomy.used[1] == 4096 + 2 * 2048 - 2048
 
 
 def test_balanced_keeps_what_sequential_keeps_on_gpus(accelerate_modeling):

@@ -20,8 +20,8 @@ How a plan is made
    (a tied weight is one tensor, so it has one device). If they fit in what the device has left, place them.
    If not, cut something: a tied partner that can be cut (when the part alone would fit), else the part itself;
    when nothing can be cut, move on to the next device.
-2. Offloaded layers run on the first GPU, so when anything lands on "cpu" or "disk" that GPU keeps room for the
-   largest layer still to be placed; when anything lands on "disk", the CPU keeps such room too (disk layers are
+2. Offloaded layers run on the lowest GPU that holds weights, so when anything lands on "cpu" or "disk" that
+   GPU keeps room for the largest layer still to be placed; when anything lands on "disk", the CPU keeps such room too (disk layers are
    read into memory to run). The fill is repeated with those reserves until it needs no reserve it did not keep.
 3. Strategies: "sequential" fills in order. "balanced" uses the smallest per-GPU ceiling that still keeps as much
    on the GPUs as filling in order does. "balanced_low_0" first gives GPU 0 the smallest ceiling that keeps as
@@ -30,7 +30,9 @@ How a plan is made
 
 Where this differs from accelerate's `infer_auto_device_map` / `get_balanced_memory` (on purpose)
 - Reserves are kept only when something is offloaded; accelerate always keeps them, so a model that exactly fits
-  a GPU still gets its last layers offloaded there.
+  a GPU still gets its last layers offloaded there. And the reserve is kept on the GPU the offloaded layers will
+  run on (the lowest one holding weights, as our hooks and accelerate's dispatch choose); accelerate keeps it on
+  GPU 0 even when that reserve leaves GPU 0 empty and the layers then run on GPU 1, which kept no room.
 - "balanced" searches for its ceiling instead of using total/n + 1.25 x a layer: it never offloads more than
   "sequential" does (accelerate's ceiling can push layers to the CPU when GPUs differ in size), and it spreads
   the layers at least as evenly.
@@ -131,14 +133,11 @@ def sizes_from_model(model: nn.Module, dtype: torch.dtype | str | None = None,
     keep = tuple(keep_in_fp32 if keep_in_fp32 is not None else getattr(facts, "keep_in_fp32_modules", ()))
     dtype = as_dtype(dtype) if dtype is not None else None
     tensors: dict[str, int] = {}
-    classes: dict[str, str] = {}
+    classes = {name: type(module).__name__ for name, module in model.named_modules(remove_duplicate=False)}
     optional: set[str] = set()
     first_name: dict[int, str] = {}  # id(tensor) -> the first name it was seen under
     ties: list[tuple[str, str]] = []
     for module_name, module, leaf, tensor in _walk(model):
-        classes[module_name] = type(module).__name__
-        if tensor is None:
-            continue
         name = f"{module_name}.{leaf}" if module_name else leaf
         seen = first_name.setdefault(id(tensor), name)
         if seen != name:
@@ -163,14 +162,15 @@ def sizes_from_model(model: nn.Module, dtype: torch.dtype | str | None = None,
 def _walk(module: nn.Module, name: str = ""):
     """(module name, module, leaf, tensor) in filling order: a module's parameters, its children, its buffers
     (the order accelerate treats them in); a module shared under two names is walked under both."""
-    yield name, module, "", None
     for leaf, param in module._parameters.items():
-        yield name, module, leaf, param
+        if param is not None:
+            yield name, module, leaf, param
     for child_name, child in module._modules.items():
         if child is not None:
             yield from _walk(child, f"{name}.{child_name}" if name else child_name)
     for leaf, buffer in module._buffers.items():
-        yield name, module, leaf, buffer
+        if buffer is not None:
+            yield name, module, leaf, buffer
 
 
 def _groups(pairs: Iterable[tuple[str, str]]) -> list[list[str]]:
@@ -245,13 +245,13 @@ class DevicePlan:
     device_map: dict[str, Device]  # part name -> device, cleaned (see the module docstring)
     used: dict[Device, int]  # bytes of weights placed on each device that holds any, in device order
     budget: dict[Device, int | None]  # what was planned against, per device (None: no limit)
-    reserved: dict[Device, int]  # room kept free for offloaded layers to run in (first GPU; CPU if disk is used)
+    reserved: dict[Device, int]  # room kept free for offloaded layers to run in (their GPU; the CPU for disk)
     strategy: str
 
     @property
     def offloaded(self) -> bool:
-        """Whether some weights live on "cpu" or "disk" while there are GPUs to run them."""
-        return any(_is_gpu(d) for d in self.budget) and any(d in ("cpu", "disk") for d in self.used)
+        """Whether some weights are brought in to run: from "disk", or from "cpu" to a GPU."""
+        return "disk" in self.used or ("cpu" in self.used and any(_is_gpu(d) for d in self.used))
 
     def device_for(self, name: str) -> Device | None:
         return device_for(name, self.device_map)
@@ -386,10 +386,11 @@ class _Planner:
         return None if self.atomic(first) else first
 
     def reserves_needed(self, placed: Mapping[str, Device], budgets: Mapping[Device, int | None]) -> dict[Device, int]:
-        """Room the plan needs kept free: on the first GPU for layers offloaded to cpu/disk, on the CPU for disk."""
+        """Room the plan must keep free where offloaded layers run: on the GPU they run on (the lowest GPU that
+        holds weights, as the hooks choose) for layers on cpu/disk; on the CPU for layers on disk."""
         needed: dict[Device, int] = {}
-        gpus = [d for d in budgets if _is_gpu(d)]
-        runs_on = [(gpus[0] if gpus else None, ("cpu", "disk")), ("cpu" if "cpu" in budgets else None, ("disk",))]
+        holding = [d for d in budgets if _is_gpu(d) and d in placed.values()]
+        runs_on = [(holding[0] if holding else None, ("cpu", "disk")), ("cpu" if "cpu" in budgets else None, ("disk",))]
         for device, sources in runs_on:
             sizes = [self.largest_layer(n) for n, d in placed.items() if d in sources]
             if device is not None and sizes:

@@ -388,22 +388,9 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
         kwargs.pop("low_cpu_mem_usage", None)  # always low: the model is built on the meta device
         hub = pop_hub_kwargs(kwargs)
 
-        if not isinstance(config, PretrainedConfig):
-            source = config if config is not None else pretrained_model_name_or_path
-            if source is None:
-                raise ValueError("Give a checkpoint location or a config.")
-            config, kwargs = cls.config_class.from_pretrained(source, return_unused_kwargs=True, **hub, **kwargs)
-        else:
-            config, kwargs = cls.config_class.from_dict(config.to_dict(), return_unused_kwargs=True, **kwargs) \
-                if kwargs else (config, kwargs)
-        if kwargs:
-            raise TypeError(f"from_pretrained() got arguments that are neither loading options nor config "
-                            f"attributes: {', '.join(sorted(kwargs))}.")
-        cls._check_config(config)
+        config = cls._resolve_config(pretrained_model_name_or_path, config, hub, kwargs)
         if attn is not None:
             config._attn_implementation = check_implementation(attn)
-        if pretrained_model_name_or_path is not None:
-            config._name_or_path = os.fspath(pretrained_model_name_or_path)
 
         if state_dict is not None:
             reader = _StateDictReader(state_dict)
@@ -426,9 +413,29 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
         model.eval()
         if plan is not None:
             model.hf_device_map = plan
+            model._disk_store = store
             model._dispatch_hooks = attach_hooks(model, plan, store)
         model.loading_info = info
         return (model, info.as_dict()) if output_loading_info else model
+
+    @classmethod
+    def _resolve_config(cls, source: Any, config: Any, hub: dict, overrides: dict) -> PretrainedConfig:
+        """The config to build with: given, or read from `config`/`source`, with `overrides` applied (every one of
+        them must name a config attribute)."""
+        if not isinstance(config, PretrainedConfig):
+            where = config if config is not None else source
+            if where is None:
+                raise ValueError("Give a checkpoint location or a config.")
+            config, overrides = cls.config_class.from_pretrained(where, return_unused_kwargs=True, **hub, **overrides)
+        elif overrides:
+            config, overrides = cls.config_class.from_dict(config.to_dict(), return_unused_kwargs=True, **overrides)
+        if overrides:
+            raise TypeError(f"from_pretrained() got arguments that are neither loading options nor config "
+                            f"attributes: {', '.join(sorted(overrides))}.")
+        cls._check_config(config)
+        if source is not None:
+            config._name_or_path = os.fspath(source)
+        return config
 
     # ---- saving ------------------------------------------------------------------------------
     def save_pretrained(
