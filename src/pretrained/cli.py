@@ -245,7 +245,8 @@ def plan_checkpoint(path: str, max_memory: list[str] | None = None, dtype: str |
         "path": os.path.abspath(path), "model_class": model_cls.__name__, "model_type": config.model_type,
         "dtype": str(load_dtype).removeprefix("torch."),
         "dtype_source": "--dtype" if dtype else "config" if config.dtype is not None else "default",
-        "total_bytes": sizes.total[""], "strategy": strategy, "no_split_modules": list(model_cls.facts.no_split_modules),
+        "total_bytes": sizes.total[""], "strategy": strategy,
+        "no_split_modules": list(model_cls.facts.no_split_modules),
         "max_memory": {str(d): b for d, b in plan.budget.items()},
         "device_map": plan.device_map,
         "used": {str(d): b for d, b in plan.used.items()},
@@ -258,7 +259,8 @@ def _model_class(config: Any) -> type:
     from . import registry
 
     family = registry.family(config.model_type)
-    names = {task: ref.__name__ if isinstance(ref, type) else ref.rpartition(":")[2] for task, ref in family.models.items()}
+    names = {task: ref.__name__ if isinstance(ref, type) else ref.rpartition(":")[2]
+             for task, ref in family.models.items()}
     task = next((t for t, name in names.items() if name in (config.architectures or [])),
                 "AutoModel" if "AutoModel" in names else next(iter(names)))
     return registry.model_class(type(config), task)
@@ -276,7 +278,8 @@ def _collapse(device_map: dict[str, Any]) -> list[tuple[str, Any]]:
             runs.append([stem, int(index), int(index), device])
         else:
             runs.append([name, None, None, device])
-    return [(f"{p}.{a}" + (f"-{b}" if b != a else "") if a is not None else (p or '""'), d) for p, a, b, d in runs]
+    return [((f"{p}." if p else "") + (f"{a}-{b}" if b != a else f"{a}") if a is not None else (p or '""'), d)
+            for p, a, b, d in runs]
 
 
 def _print_plan(r: dict[str, Any]) -> None:

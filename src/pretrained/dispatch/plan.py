@@ -21,8 +21,9 @@ How a plan is made
    If not, cut something: a tied partner that can be cut (when the part alone would fit), else the part itself;
    when nothing can be cut, move on to the next device.
 2. Offloaded layers run on the lowest GPU that holds weights, so when anything lands on "cpu" or "disk" that
-   GPU keeps room for the largest layer still to be placed; when anything lands on "disk", the CPU keeps such room too (disk layers are
-   read into memory to run). The fill is repeated with those reserves until it needs no reserve it did not keep.
+   GPU keeps room for the largest layer still to be placed; when anything lands on "disk", the CPU keeps such
+   room too (disk layers are read into memory to run). The fill is repeated with those reserves until it needs
+   no reserve it did not keep.
 3. Strategies: "sequential" fills in order. "balanced" uses the smallest per-GPU ceiling that still keeps as much
    on the GPUs as filling in order does. "balanced_low_0" first gives GPU 0 the smallest ceiling that keeps as
    much (GPU 0 stays free for generation's outputs), then balances the others. "auto" is "balanced".

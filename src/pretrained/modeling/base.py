@@ -47,7 +47,7 @@ class ModelFacts:
     base_model_prefix: str = ""  # attribute holding the base model in task models ("model")
     no_split_modules: tuple[str, ...] = ()  # block classes a device map must not cut
     tied_weights: Mapping[str, str] = field(default_factory=dict)  # target -> source, when config ties embeddings
-    keep_in_fp32_modules: tuple[str, ...] = ()  # module names kept float32 under fp16/bf16
+    keep_in_fp32_modules: tuple[str, ...] = ()  # module names kept float32 under float16
     main_input_name: str = "input_ids"
     input_embeddings: str = ""  # path of the input nn.Embedding inside the base model
     output_embeddings: str = ""  # path of the output projection inside the task model
@@ -305,11 +305,12 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
 
     @classmethod
     def _skeleton(cls, config: PretrainedConfig, dtype: torch.dtype) -> PreTrainedModel:
-        """The model on the meta device in `dtype` (fp32-kept modules in float32), weights not initialised."""
+        """The model on the meta device in `dtype` (fp32-kept modules in float32 under float16), weights not
+        initialised."""
         with torch.device("meta"), _default_dtype(dtype), no_init_weights():
             model = cls(config)
         keep = tuple(cls.facts.keep_in_fp32_modules)
-        if keep and dtype in (torch.float16, torch.bfloat16):
+        if keep and dtype == torch.float16:
             for name, module in model.named_modules():
                 if name and module_dtype(name, dtype, keep) == torch.float32:
                     module.to(torch.float32)

@@ -1,5 +1,5 @@
 """The dtype plan (pure): which dtype the model's floating tensors get, from the user's argument, the config
-and the checkpoint. `keep_in_fp32` modules stay float32 under half precision."""
+and the checkpoint. `keep_in_fp32` modules stay float32 under float16."""
 
 from __future__ import annotations
 
@@ -49,8 +49,12 @@ def resolve_dtype(
 
 
 def module_dtype(module_name: str, dtype: torch.dtype, keep_in_fp32: tuple[str, ...]) -> torch.dtype:
-    """`dtype`, or float32 for a module named in `keep_in_fp32` (matched on whole name components) under fp16/bf16."""
-    if dtype in (torch.float16, torch.bfloat16) and keep_in_fp32:
+    """`dtype`, or float32 for a module named in `keep_in_fp32` (matched on whole name components) under float16.
+
+    Only float16, as the reference does: its narrow range is what those modules (T5's `wo`) overflow; bfloat16
+    has float32's range, and keeping them float32 there would change outputs against the reference.
+    """
+    if dtype == torch.float16 and keep_in_fp32:
         parts = module_name.split(".")
         if any(key in parts or module_name.endswith(key) for key in keep_in_fp32):
             return torch.float32
