@@ -35,6 +35,9 @@ CASES = [(mt, task) for mt, fam in sorted(registry.FAMILIES.items()) for task in
          if mt in TINY]
 
 
+GENERATIVE = [c for c in CASES if registry.model_class(registry.config_class(c[0]), c[1]).can_generate()]
+
+
 def _ids(case):
     return f"{case[0]}-{case[1].removeprefix('AutoModel').removeprefix('For') or 'Base'}"
 
@@ -121,10 +124,9 @@ def test_half_precision_loading(case, dtype, tmp_path):
     torch.testing.assert_close(out, ref, rtol=0.1, atol=0.1)  # half precision: loose, but catches garbage
 
 
-def test_kv_cache_matches_full_forward(case):
-    model = build(*case)
-    if not model.can_generate():
-        pytest.skip("not a generative class")
+@pytest.mark.parametrize("generative", GENERATIVE, ids=_ids)
+def test_kv_cache_matches_full_forward(generative):
+    model = build(*generative)
     batch = inputs(model, seq=7)
     with torch.no_grad():
         if model.config.is_encoder_decoder:
