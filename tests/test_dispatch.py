@@ -75,8 +75,8 @@ def test_disk_with_dtype_change_needs_an_offload_folder(checkpoint, tmp_path):
 def test_dict_map_is_honoured_and_recorded(checkpoint):
     folder, ids, expected = checkpoint
     device_map = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk",
-                  "model.layers.2": "disk", "model.layers.3": "cpu", "model.norm": "cpu", "model.rotary_emb": "cpu",
-                  "lm_head": "disk"}
+                  "model.layers.2": "disk", "model.layers.3": "cpu", "model.norm": "cpu",
+                  "lm_head": "disk"}  # model.rotary_emb holds only a computed buffer: it may be left out
     model = AutoModelForCausalLM.from_pretrained(folder, device_map=device_map)
     assert model.hf_device_map == device_map
     assert [type(h.module).__name__ for h in model._dispatch_hooks] == ["LlamaDecoderLayer", "LlamaDecoderLayer",

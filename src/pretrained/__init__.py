@@ -19,6 +19,7 @@ _EXPORTS = {
     "PreTrainedModel": "modeling.base", "ModelFacts": "modeling.base",
     "ModuleUtilsMixin": "modeling.utils",
     "load_sharded_checkpoint": "modeling.sharded",
+    "infer_auto_device_map": "dispatch.plan",
     "DynamicCache": "generation.cache", "EncoderDecoderCache": "generation.cache",
     "errors": None,
 }

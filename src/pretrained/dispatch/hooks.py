@@ -31,16 +31,6 @@ def move_to(value: Any, device: torch.device) -> Any:
     return value
 
 
-def device_of(name: str, device_map: dict[str, Any]) -> Any:
-    """The device of parameter or module `name`: the entry with the longest matching module prefix."""
-    best, found = -1, None
-    for prefix, device in device_map.items():
-        if prefix == "" or name == prefix or name.startswith(prefix + "."):
-            if len(prefix) > best:
-                best, found = len(prefix), device
-    return found
-
-
 def torch_device(device: Any) -> torch.device:
     return torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
 
@@ -108,14 +98,15 @@ class StreamIn(Hook):
     stream), dropped after. Between forwards the module holds its CPU/disk tensors, so `state_dict()` and
     `save_pretrained` see the real weights."""
 
-    def __init__(self, module: nn.Module, device: torch.device) -> None:
+    def __init__(self, module: nn.Module, device: torch.device, pin: bool = False) -> None:
         super().__init__(module)
         self.device = device
         self.stored = {n: t for n, t in _tensors(module)}
-        for n, t in self.stored.items():
-            if t.device.type == "cpu" and not t.is_pinned() and _is_plain_cpu(t):
-                self.stored[n] = t.pin_memory()
-                _assign(module, n, self.stored[n])
+        if pin and torch.cuda.is_available():  # page-locked CPU weights copy to the GPU asynchronously;
+            for n, t in self.stored.items():  # disk weights stay mapped (pinning would load them all into RAM)
+                if t.device.type == "cpu" and not t.is_pinned():
+                    self.stored[n] = t.pin_memory()
+                    _assign(module, n, self.stored[n])
         self.ready: dict[str, torch.Tensor] | None = None
         self.event = None
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
@@ -146,10 +137,6 @@ class StreamIn(Hook):
     def after(self) -> None:
         for n, t in self.stored.items():
             _assign(self.module, n, t)
-
-
-def _is_plain_cpu(t: torch.Tensor) -> bool:
-    return torch.cuda.is_available()
 
 
 def _tensors(module: nn.Module):
@@ -185,7 +172,7 @@ def attach_hooks(model: nn.Module, device_map: dict[str, Any], store: DiskStore 
         if isinstance(device, int):
             hooks.append(MoveInputs(module, torch_device(device)))
         elif execution.type != "cpu" or force_stream:
-            hooks.append(StreamIn(module, execution))
+            hooks.append(StreamIn(module, execution, pin=device == "cpu"))
         elif device == "disk":
             hooks.append(PageInOut(module, store))
     for a, b in zip(hooks, hooks[1:]):

@@ -403,9 +403,12 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
         plan = _device_plan(model, device_map, max_memory)
         store = DiskStore(offload_folder) if plan and "disk" in plan.values() else None
         buffers = {n for n, _ in model.named_buffers()}
+        in_memory = next((d for d in (plan or {}).values() if d != "disk"), "cpu")  # for what a map leaves out
 
         def placement(name: str):
             planned = device_for(name, plan)
+            if planned is None:  # a computed (non-persistent) buffer that a user's map does not name
+                return in_memory
             return "cpu" if planned == "disk" and name in buffers and not offload_buffers else planned
 
         info = load_into(model, reader, placement=placement if plan else None, disk=store,
