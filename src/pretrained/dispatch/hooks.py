@@ -11,13 +11,12 @@ A plan with a single device gets no hooks at all.
 
 from __future__ import annotations
 
-import mmap
 from typing import Any
 
 import torch
 from torch import nn
 
-from .offload import DiskStore, advise
+from .offload import DiskStore
 
 
 def move_to(value: Any, device: torch.device) -> Any:
@@ -75,22 +74,25 @@ class MoveInputs(Hook):
 
 
 class PageInOut(Hook):
-    """Disk weights used in place on the CPU: pages requested ahead, released after the block ran."""
+    """Disk weights used in place on the CPU: the next block's pages are mapped in while this block runs, and
+    this block's pages are handed back after it ran (both by the store's background pager)."""
 
     def __init__(self, module: nn.Module, store: DiskStore) -> None:
         super().__init__(module)
+        self.pager = store.pager
         self.ranges = store.pages(list(module.parameters()) + list(module.buffers()))
 
     def prefetch(self) -> None:
-        advise(self.ranges, mmap.MADV_WILLNEED)
+        self.pager.bring_in(self.ranges)
 
     def before(self, args, kwargs):
+        self.pager.keep_up()
         if self.next is not None:
             self.next.prefetch()
         return None
 
     def after(self) -> None:
-        advise(self.ranges, mmap.MADV_DONTNEED)
+        self.pager.hand_back(self.ranges)
 
 
 class StreamIn(Hook):

@@ -9,8 +9,12 @@ re-reads cheap.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import mmap
 import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -20,15 +24,58 @@ from ..checkpoint.writer import write_safetensors
 from ..errors import DeviceMapError
 
 _PAGE = mmap.PAGESIZE
+MADV_POPULATE_READ = 22  # Linux >= 5.14: map the pages in now (no fault per page later)
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 
 
-@dataclass
+@dataclass(frozen=True)
 class MappedRange:
-    """Page-aligned byte range of one mapped file that backs some tensors."""
+    """Page-aligned address range of mapped file pages that back some tensors."""
 
-    mm: mmap.mmap
-    start: int
+    address: int
     length: int
+
+
+def merged(ranges: list[MappedRange]) -> list[MappedRange]:
+    """Overlapping or touching ranges joined (a block's tensors usually lie next to each other in a file)."""
+    out: list[MappedRange] = []
+    for r in sorted(ranges, key=lambda r: r.address):
+        if out and r.address <= out[-1].address + out[-1].length:
+            end = max(out[-1].address + out[-1].length, r.address + r.length)
+            out[-1] = MappedRange(out[-1].address, end - out[-1].address)
+        else:
+            out.append(r)
+    return out
+
+
+class Pager:
+    """Page work done off the critical path: one background thread calls madvise (ctypes releases the GIL),
+    so bringing the next block's pages in and handing the last block's back overlap with compute."""
+
+    def __init__(self) -> None:
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="pretrained-pager")
+        self.populate = MADV_POPULATE_READ
+        self.releasing: deque[Future] = deque()
+
+    def _advise(self, ranges: list[MappedRange], advice: int) -> None:
+        for r in ranges:
+            if _libc.madvise(r.address, r.length, advice) != 0 and advice == self.populate:
+                if ctypes.get_errno() in (errno.EINVAL, errno.ENOSYS):  # older kernel: ask for read-ahead instead
+                    self.populate = mmap.MADV_WILLNEED
+                    _libc.madvise(r.address, r.length, self.populate)
+
+    def bring_in(self, ranges: list[MappedRange]) -> None:
+        self.pool.submit(self._advise, ranges, self.populate)
+
+    def hand_back(self, ranges: list[MappedRange]) -> None:
+        self.releasing.append(self.pool.submit(self._advise, ranges, mmap.MADV_DONTNEED))
+
+    def keep_up(self, pending: int = 1) -> None:
+        """Wait until at most `pending` releases are outstanding, so resident disk pages stay bounded (about
+        the running block, the next one, and one being released) however far compute runs ahead."""
+        while len(self.releasing) > pending:
+            self.releasing.popleft().result()
 
 
 @dataclass
@@ -40,6 +87,7 @@ class DiskStore:
     ranges: dict[int, MappedRange] = field(default_factory=dict)  # data_ptr -> its pages (a Parameter
     #   wrapping a view shares the view's data pointer, not its id)
     written: list[str] = field(default_factory=list)
+    pager: Pager = field(default_factory=Pager)
 
     def _map(self, path: str) -> mmap.mmap:
         if path not in self.maps:
@@ -54,8 +102,9 @@ class DiskStore:
         if numel == 0 or info.start % info.dtype.itemsize:
             raise DeviceMapError(f"Tensor '{info.name}' in '{info.path}' is not aligned for mapping.")
         t = torch.frombuffer(mm, dtype=info.dtype, count=numel, offset=info.start).view(info.shape)
-        first = info.start - info.start % _PAGE
-        self.ranges[t.data_ptr()] = MappedRange(mm, first, info.start + info.nbytes - first)
+        address = t.data_ptr()
+        first = address - address % _PAGE
+        self.ranges[address] = MappedRange(first, address + info.nbytes - first)
         return t
 
     def put(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
@@ -74,13 +123,9 @@ class DiskStore:
         return self.view(infos[name])
 
     def pages(self, tensors: list[torch.Tensor]) -> list[MappedRange]:
-        return [self.ranges[t.data_ptr()] for t in tensors if t.data_ptr() in self.ranges]
+        return merged([self.ranges[t.data_ptr()] for t in tensors if t.data_ptr() in self.ranges])
 
     def close(self) -> None:
         self.maps.clear()
         self.ranges.clear()
 
-
-def advise(ranges: list[MappedRange], advice: int) -> None:
-    for r in ranges:
-        r.mm.madvise(advice, r.start, min(r.length, len(r.mm) - r.start))
