@@ -5,8 +5,36 @@ The reference library (`transformers`) is a test dependency only; the library un
 
 from __future__ import annotations
 
-import pytest
-import torch
+# --- Local Hub: point huggingface_hub at tests/hub_server BEFORE anything imports it --------------------------------
+# huggingface_hub reads these variables once, at import (transformers imports it too), so they are set here, at the
+# top of the first module pytest imports. The port is reserved now (a bound socket, closed when the server takes it).
+import atexit
+import os
+import shutil
+import sys
+import tempfile
+
+from hub_server import HubServer, reserve_port
+
+if "huggingface_hub" in sys.modules:
+    raise RuntimeError("huggingface_hub was imported before tests/conftest.py could point it at the local test Hub")
+_HUB_PORT = reserve_port()
+_HF_HOME = tempfile.mkdtemp(prefix="pretrained-tests-hf-home-")
+atexit.register(shutil.rmtree, _HF_HOME, ignore_errors=True)
+os.environ.update(
+    HF_ENDPOINT=f"http://127.0.0.1:{_HUB_PORT.getsockname()[1]}",
+    HF_HOME=_HF_HOME,  # no token file, no stored tokens, fresh xet/assets dirs
+    HF_HUB_CACHE=os.path.join(_HF_HOME, "hub"),
+    HF_HUB_DISABLE_XET="1",  # the local Hub speaks plain HTTP + LFS, not the Xet protocol
+    HF_HUB_DISABLE_TELEMETRY="1",
+)
+for _name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
+              "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE", "HUGGINGFACE_CO_STAGING", "HF_HUB_DISABLE_IMPLICIT_TOKEN"):
+    os.environ.pop(_name, None)
+# ---------------------------------------------------------------------------------------------------------------------
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # Small enough that a model builds in milliseconds, large enough to exercise grouped-query attention
 # (4 heads, 2 kv heads), several layers and rotary embeddings (head_dim 8). initializer_range is 10x the usual
@@ -57,3 +85,26 @@ def token_ids():
         return torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(seed))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def hub_server(tmp_path_factory):
+    """The local Hub (tests/hub_server): a server process on HF_ENDPOINT backed by real git repositories.
+    `.endpoint`, `.token`, `.root`, `.seed(...)`, `.commits(...)`, `.requests`, `.clear_log()`, `.stop()`/`.start()`.
+    A test that stops it must start it again (try/finally)."""
+    server = HubServer(tmp_path_factory.mktemp("hub"), _HUB_PORT)
+    assert server.endpoint == os.environ["HF_ENDPOINT"]
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """A fresh, empty huggingface_hub cache directory for this test (env var and the constant read at import)."""
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hf-hub-cache"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return cache

@@ -162,7 +162,12 @@ def run(cmd):
            "wall": time.perf_counter() - start}
     if os.path.exists(cmd["report"]):
         with REAL_OPEN(cmd["report"]) as f:
-            out.update(json.loads(f.read()))
+            text = f.read()
+        try:
+            out.update(json.loads(text))
+        except ValueError:  # a timed kill can land after the save, while the child writes this report
+            if out["signal"] is None:
+                raise
     return out
 
 

@@ -54,6 +54,7 @@ class _AutoModel:
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *model_args: Any, **kwargs: Any):
         config = kwargs.pop("config", None)
+        kwargs.setdefault("_pin", {})  # one record for config and weights: both come from the same commit
         if not isinstance(config, PretrainedConfig):
             hub = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
             config = AutoConfig.from_pretrained(config or pretrained_model_name_or_path, **hub)

@@ -16,6 +16,7 @@ import os
 from typing import Any, ClassVar
 
 from .errors import ConfigError
+from .hub.push import PushToHubMixin, folder_state
 
 CONFIG_NAME = "config.json"
 FORMAT_VERSION = "5.0.0"  # written as "transformers_version": the dialect our files follow
@@ -46,7 +47,7 @@ def _dtype_name(value: Any) -> Any:
     return str(value).removeprefix("torch.")
 
 
-class PretrainedConfig:
+class PretrainedConfig(PushToHubMixin):
     """Base class of every model configuration.
 
     Subclasses set `model_type` and take their own keyword arguments with defaults, then call
@@ -208,15 +209,20 @@ class PretrainedConfig:
         return read_config_file(path), kwargs
 
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any) -> None:
-        """Write `config.json` into `save_directory` (created if needed), atomically."""
+        """Write `config.json` into `save_directory` (created if needed), atomically.
+
+        With `push_to_hub=True`, then upload it (see `push_to_hub`; `repo_id` defaults to the folder's name, and
+        `commit_message`, `token`, `private`, `revision`, `create_pr`, `commit_description`, `tags` are passed on).
+        """
         from .checkpoint.atomic import write_text_atomic
 
         if os.path.isfile(save_directory):
             raise ConfigError(f"save_directory '{save_directory}' is a file; give a folder.")
+        before = folder_state(save_directory) if push_to_hub else {}
         os.makedirs(save_directory, exist_ok=True)
         write_text_atomic(os.path.join(save_directory, CONFIG_NAME), self.to_json_string())
         if push_to_hub:
-            raise NotImplementedError("push_to_hub arrives with the Hub issue; save, then upload the folder.")
+            self._push_after_save(save_directory, before, kwargs)
 
     def get_text_config(self, decoder: bool = False) -> PretrainedConfig:
         return self

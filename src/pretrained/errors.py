@@ -57,3 +57,32 @@ class DtypeError(PretrainedError, ValueError):
 
 class DeviceMapError(PretrainedError, ValueError):
     """A device map or memory budget that cannot be honoured (names the module or device and how to fix)."""
+
+
+class HubError(PretrainedError, OSError):
+    """The Hub could not give what was asked (names the repo, revision and file, and what to do)."""
+
+
+class RepoNotFoundError(HubError, CheckpointNotFoundError):
+    """No repo of that id that this token can see (it does not exist, or it is private)."""
+
+
+class GatedRepoError(RepoNotFoundError):
+    """A gated or private repo refused access: no token, a wrong token, or access not yet granted."""
+
+
+class RevisionNotFoundError(HubError, CheckpointNotFoundError):
+    """The repo exists but has no branch, tag or commit of that name."""
+
+
+class RepoFileNotFoundError(HubError, CheckpointNotFoundError):
+    """The repo and revision exist but hold no file of that name."""
+
+
+class OfflineError(HubError, CheckpointNotFoundError):
+    """The Hub cannot be asked (offline mode, `local_files_only=True`, no connection, server down) and the file
+    is not in the local cache."""
+
+
+class HubPermissionError(HubError, PermissionError):
+    """The token may not write to that repo (pushing needs a write token with access to the namespace)."""

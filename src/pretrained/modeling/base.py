@@ -28,6 +28,7 @@ from ..dispatch.hooks import attach_hooks
 from ..dispatch.offload import DiskStore
 from ..dispatch.plan import STRATEGIES, available_memory, device_for, parse_device_map, plan_device_map, sizes_from_model
 from ..errors import ConfigError, DeviceMapError
+from ..hub.push import PUSH_KWARGS, PushToHubMixin, folder_state, weights_names
 from ..hub.resolve import pop_hub_kwargs
 from ..layers.attention import check_implementation
 from ..layers.pruning import attention_blocks, prune_attention_heads
@@ -97,7 +98,7 @@ def _no_op_init(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor
     return tensor
 
 
-class PreTrainedModel(nn.Module, ModuleUtilsMixin):
+class PreTrainedModel(nn.Module, ModuleUtilsMixin, PushToHubMixin):
     config_class: ClassVar[type[PretrainedConfig]] = PretrainedConfig
     facts: ClassVar[ModelFacts] = ModelFacts()
 
@@ -459,16 +460,19 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
         Shards of at most `max_shard_size` ("5GB", "2GiB", or bytes) with an index when there is more than one;
         tied weights are written once; weight files of an earlier save in the folder are replaced. Only the main
         process (`is_main_process=True`) writes anything.
+
+        With `push_to_hub=True`, the files this save wrote are then uploaded in one commit (see `push_to_hub`):
+        `repo_id` defaults to the folder's name; `commit_message`, `token`, `private`, `revision`, `create_pr`,
+        `commit_description` and `tags` are passed on.
         """
         if save_function is not None:
             raise ValueError("save_function is not supported: files are written atomically by pretrained itself.")
-        if push_to_hub:
-            raise NotImplementedError("push_to_hub arrives with the Hub issue; save, then upload the folder.")
-        kwargs.pop("token", None)
+        push = {k: kwargs.pop(k) for k in PUSH_KWARGS if k in kwargs}  # used with push_to_hub=True only
         if kwargs:
             raise TypeError(f"save_pretrained() got unexpected arguments: {', '.join(sorted(kwargs))}.")
         if not is_main_process:
             return
+        before = folder_state(save_directory) if push_to_hub else {}
         own = state_dict is None
         state_dict = dict(self.state_dict() if own else state_dict)
         for target, source in self.active_ties().items():  # written once, under its source's name
@@ -482,6 +486,15 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
             extra[GENERATION_CONFIG_NAME] = _generation_config_json(self.config)
         save_checkpoint(save_directory, state_dict, max_shard_size=max_shard_size,
                         safe_serialization=safe_serialization, variant=variant, extra_files=extra)
+        if push_to_hub:
+            self._push_after_save(save_directory, before, push, weights=weights_names(safe_serialization, variant))
+
+    def _save_for_push(self, folder: str, *, max_shard_size: int | str, safe_serialization: bool,
+                       variant: str | None) -> list[str]:
+        """push_to_hub's save: the weights as asked; a push deletes remote shards of those names it no longer has."""
+        self.save_pretrained(folder, max_shard_size=max_shard_size, safe_serialization=safe_serialization,
+                             variant=variant)
+        return weights_names(safe_serialization, variant)
 
 
 def _generation_config_json(config: PretrainedConfig) -> str:
