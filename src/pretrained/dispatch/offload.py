@@ -10,7 +10,6 @@ re-reads cheap.
 from __future__ import annotations
 
 import ctypes
-import errno
 import mmap
 import os
 from collections import deque
@@ -24,7 +23,6 @@ from ..checkpoint.writer import write_safetensors
 from ..errors import DeviceMapError
 
 _PAGE = mmap.PAGESIZE
-MADV_POPULATE_READ = 22  # Linux >= 5.14: map the pages in now (no fault per page later)
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 
@@ -50,23 +48,24 @@ def merged(ranges: list[MappedRange]) -> list[MappedRange]:
 
 
 class Pager:
-    """Page work done off the critical path: one background thread calls madvise (ctypes releases the GIL),
-    so bringing the next block's pages in and handing the last block's back overlap with compute."""
+    """Page work done off the critical path: one background thread calls madvise (ctypes releases the GIL).
+
+    Bringing in is a read-ahead hint (MADV_WILLNEED): cheap when the pages are cached, and it starts the disk
+    reads early when they are not. Pre-mapping the pages (MADV_POPULATE_READ) was measured slower here: on two
+    cores the page-table work competes with the compute threads (0.141 s vs 0.126 s a forward, 1B model).
+    """
 
     def __init__(self) -> None:
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="pretrained-pager")
-        self.populate = MADV_POPULATE_READ
         self.releasing: deque[Future] = deque()
 
-    def _advise(self, ranges: list[MappedRange], advice: int) -> None:
+    @staticmethod
+    def _advise(ranges: list[MappedRange], advice: int) -> None:
         for r in ranges:
-            if _libc.madvise(r.address, r.length, advice) != 0 and advice == self.populate:
-                if ctypes.get_errno() in (errno.EINVAL, errno.ENOSYS):  # older kernel: ask for read-ahead instead
-                    self.populate = mmap.MADV_WILLNEED
-                    _libc.madvise(r.address, r.length, self.populate)
+            _libc.madvise(r.address, r.length, advice)
 
     def bring_in(self, ranges: list[MappedRange]) -> None:
-        self.pool.submit(self._advise, ranges, self.populate)
+        self.pool.submit(self._advise, ranges, mmap.MADV_WILLNEED)
 
     def hand_back(self, ranges: list[MappedRange]) -> None:
         self.releasing.append(self.pool.submit(self._advise, ranges, mmap.MADV_DONTNEED))
