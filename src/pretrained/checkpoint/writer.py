@@ -110,7 +110,8 @@ def save_checkpoint(
     plan = plan_shards(entries, max_shard_size)
     filenames = shard_filenames(len(plan), weights_name)
     with AtomicSave(folder) as save:
-        bar = tqdm(total=len(plan), desc="Writing model shards", unit="shard", disable=len(plan) < 2)
+        total = sum(t.nbytes for t in tensors.values())  # a bar only where a save takes a while
+        bar = tqdm(total=len(plan), desc="Writing model shards", unit="shard", disable=len(plan) < 2 or total < 10**8)
         for names, filename in zip(plan, filenames):
             shard = _owned({n: tensors[n] for n in names})
             if safe_serialization:
@@ -121,9 +122,8 @@ def save_checkpoint(
             bar.update(1)
         bar.close()
         if len(plan) > 1:
-            total_size = sum(t.nbytes for t in tensors.values())
             total_params = sum(t.numel() for t in tensors.values())
-            index = build_index(plan, filenames, total_size, total_params)
+            index = build_index(plan, filenames, total, total_params)
             save.write_text(index_name, json.dumps(index, indent=2) + "\n")
         for name, text in (extra_files or {}).items():
             save.write_text(name, text)
