@@ -145,7 +145,9 @@ def test_only_the_shards_named_by_the_index_are_downloaded(hub_server, hub_cache
     assert not [p for p in paths if "unrelated" in p or "big.bin" in p or sha in p]
     assert all(any(s in p for p in paths) for s in shards)
     snapshot = next((hub_cache / f"models--{repo.replace('/', '--')}" / "snapshots").iterdir())
-    assert set(os.listdir(snapshot)) == {"config.json", "model.safetensors.index.json", *shards}
+    # a generative class also fetches generation_config.json, as the reference does
+    assert set(os.listdir(snapshot)) == {"config.json", "generation_config.json", "model.safetensors.index.json",
+                                         *shards}
 
 
 def test_one_load_reads_one_commit(hub_server, hub_cache, repo, tiny, tmp_path, monkeypatch):

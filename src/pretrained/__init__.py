@@ -21,6 +21,8 @@ _EXPORTS = {
     "load_sharded_checkpoint": "modeling.sharded",
     "infer_auto_device_map": "dispatch.plan",
     "DynamicCache": "generation.cache", "EncoderDecoderCache": "generation.cache",
+    "GenerationConfig": "generation.config", "GenerationMixin": "generation.loop",
+    "TextStreamer": "generation.streamers", "TokenStreamer": "generation.streamers",
     "errors": None,
 }
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from . import registry
+from . import registry, remote_code
 from .configuration import PretrainedConfig
-from .errors import ConfigError
+from .errors import ConfigError, UnknownModelTypeError
 from .hub.resolve import HUB_KWARGS
 
 
@@ -23,8 +23,29 @@ class AutoConfig:
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
-        config_dict, rest = PretrainedConfig.get_config_dict(pretrained_model_name_or_path, **kwargs)
+        """The config of a folder or repo. A config whose `auto_map` names its own config class is read with that
+        class only under `trust_remote_code=True` (see `pretrained.remote_code`); otherwise the library's class for
+        its `model_type` is used, or, if there is none, an UntrustedCodeError says which files would run."""
+        trust = kwargs.pop("trust_remote_code", None)
+        code_revision = kwargs.pop("code_revision", None)
+        kwargs = dict(kwargs)
+        hub = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
+        hub.setdefault("_pin", {})
+        config_dict, rest = PretrainedConfig.get_config_dict(pretrained_model_name_or_path, **hub, **kwargs)
         model_type = config_dict.get("model_type")
+        auto_map = config_dict.get("auto_map") or {}
+        if "AutoConfig" in auto_map:
+            source = os.fspath(pretrained_model_name_or_path)
+            if remote_code.check_trust(source, auto_map, trust, has_local=model_type in registry.FAMILIES,
+                                       what="its config", hub=hub):
+                config_cls = remote_code.get_class(auto_map["AutoConfig"], source, code_revision=code_revision,
+                                                   hub=hub)
+                if hasattr(config_cls, "register_for_auto_class"):  # saving it again carries its code along
+                    config_cls.register_for_auto_class()
+                config = config_cls.from_dict(config_dict, **rest)
+                config._name_or_path = source
+                config._commit_hash = remote_code.loaded_commit(hub)  # from_config reads the code there too
+                return config
         if not model_type:
             raise ConfigError(
                 f"The config of '{pretrained_model_name_or_path}' has no 'model_type' key, so its family is unknown. "
@@ -48,18 +69,51 @@ class _AutoModel:
         return registry.model_class(type(config), cls.task)
 
     @classmethod
+    def _class_for(cls, config: PretrainedConfig, source: Any, trust: bool | None, code_revision: str | None,
+                   hub: dict[str, Any]) -> type:
+        """The checkpoint's own class under trust (config.auto_map names one for this task), else the library's."""
+        auto_map = getattr(config, "auto_map", None) or {}
+        if cls.task in auto_map and source is not None:
+            has_local = True
+            try:
+                local = cls.model_class_for(config)
+            except UnknownModelTypeError:
+                has_local = False
+            if not remote_code.check_trust(os.fspath(source), auto_map, trust, has_local=has_local, what=cls.task,
+                                           hub=hub):
+                return local
+            model_cls = remote_code.get_class(auto_map[cls.task], source, code_revision=code_revision, hub=hub)
+            if hasattr(model_cls, "register_for_auto_class"):  # saving it again carries its code along
+                model_cls.register_for_auto_class(cls.task)
+            return model_cls
+        return cls.model_class_for(config)
+
+    @classmethod
     def from_config(cls, config: PretrainedConfig, **kwargs: Any):
-        return cls.model_class_for(config).from_config(config, **kwargs)
+        """A freshly initialised model for `config`; with `trust_remote_code=True` and an `auto_map` entry for this
+        task, the class comes from the code of the checkpoint the config was read from (`config._name_or_path`)."""
+        trust = kwargs.pop("trust_remote_code", None)
+        code_revision = kwargs.pop("code_revision", None)
+        source = getattr(config, "_name_or_path", None) or None
+        commit = getattr(config, "_commit_hash", None)
+        hub = {"revision": commit} if commit else {}
+        return cls._class_for(config, source, trust, code_revision, hub).from_config(config, **kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *model_args: Any, **kwargs: Any):
+        """Load a checkpoint with its family's class, or, with `trust_remote_code=True`, with the class its config's
+        `auto_map` names. `revision` pins config and weights; `code_revision` pins the custom code (default: the
+        commit the config came from, for code in the same repo)."""
         config = kwargs.pop("config", None)
+        trust = kwargs.pop("trust_remote_code", None)
+        code_revision = kwargs.pop("code_revision", None)
         kwargs.setdefault("_pin", {})  # one record for config and weights: both come from the same commit
+        hub = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
         if not isinstance(config, PretrainedConfig):
-            hub = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
-            config = AutoConfig.from_pretrained(config or pretrained_model_name_or_path, **hub)
-        return cls.model_class_for(config).from_pretrained(pretrained_model_name_or_path, *model_args, config=config,
-                                                           **kwargs)
+            config = AutoConfig.from_pretrained(config or pretrained_model_name_or_path, trust_remote_code=trust,
+                                                code_revision=code_revision, **hub)
+        model_cls = cls._class_for(config, pretrained_model_name_or_path, trust, code_revision, hub)
+        return model_cls.from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
 
     @classmethod
     def register(cls, config_class: type, model_class: type, exist_ok: bool = False) -> None:

@@ -4,6 +4,8 @@
     pretrained inspect PATH [--json]   what a checkpoint holds, read from its headers, index and config only
     pretrained plan PATH [--max-memory 0=20GiB ...] [--dtype D] [--strategy S] [--json]
                                        the device map a checkpoint would get, from its config alone
+    pretrained generate PATH --prompt TEXT [--max-new-tokens N] [--do-sample --temperature T --top-k K ...]
+                                       stream a continuation (PATH holds tokenizer.json), then tokens/s
 
 torch is imported only by the subcommand that needs it, so `--help` is instant. A `PretrainedError` prints one
 line and exits with status 2.
@@ -307,6 +309,47 @@ def plan(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- generate ---------------------------------------------------------------------------------------------------
+def generate(args: argparse.Namespace) -> int:
+    """Load PATH and its tokenizer.json, continue the prompt, print the text as it streams, then tokens/s."""
+    import torch
+    from tokenizers import Tokenizer
+
+    from .auto import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+    from .generation.streamers import TextStreamer
+
+    tokenizer_file = os.path.join(args.path, "tokenizer.json")
+    if not os.path.isfile(tokenizer_file):
+        raise CheckpointNotFoundError(f"No tokenizer.json in '{args.path}': the generate command needs one.")
+    tokenizer = Tokenizer.from_file(tokenizer_file)
+    config = AutoConfig.from_pretrained(args.path)
+    auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+    load: dict[str, Any] = {"dtype": args.dtype} if args.dtype else {}
+    if args.device_map:
+        load["device_map"] = args.device_map
+    model = auto.from_pretrained(args.path, **load)
+    ids = torch.tensor([tokenizer.encode(args.prompt).ids])
+    settings: dict[str, Any] = {"max_new_tokens": args.max_new_tokens}
+    if args.do_sample:
+        settings["do_sample"] = True
+    for name in ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "num_beams"):
+        if getattr(args, name) is not None:
+            settings[name] = getattr(args, name)
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+    beams = settings.get("num_beams", 1) > 1
+    # the prompt is streamed too (decoder-only), so that the continuation's spacing is decoded in context
+    streamer = None if beams else TextStreamer(tokenizer, skip_special_tokens=True)
+    start = time.perf_counter()
+    out = model.generate(ids, streamer=streamer, **settings)
+    seconds = time.perf_counter() - start
+    new = out.shape[1] - (1 if model.config.is_encoder_decoder else ids.shape[1])
+    if beams:
+        print(tokenizer.decode(out[0].tolist(), skip_special_tokens=True))
+    print(f"[{new} tokens in {seconds:.2f} s, {new / max(seconds, 1e-9):.1f} tokens/s]", file=sys.stderr)
+    return 0
+
+
 # ---- entry point -----------------------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pretrained", description="Load, save and inspect pretrained checkpoints.")
@@ -327,6 +370,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", default="auto", choices=["auto", "balanced", "balanced_low_0", "sequential"])
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(run=plan)
+    p = commands.add_parser("generate", help="continue a prompt with a checkpoint and its tokenizer.json")
+    p.add_argument("path", help="a checkpoint folder holding tokenizer.json")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--do-sample", action="store_true", help="sample (default: greedy)")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--min-p", type=float)
+    p.add_argument("--repetition-penalty", type=float)
+    p.add_argument("--num-beams", type=int)
+    p.add_argument("--seed", type=int, help="seed sampling")
+    p.add_argument("--dtype", help="float32, bfloat16, float16 or auto (default: the checkpoint's)")
+    p.add_argument("--device-map", help="cpu, cuda:0, auto, balanced, ...")
+    p.set_defaults(run=generate)
     return parser
 
 

@@ -59,6 +59,15 @@ class PretrainedConfig(PushToHubMixin):
     attribute_map: ClassVar[dict[str, str]] = {}
     # A family that uses rotary embeddings sets its default theta; the v4 keys are then folded in.
     default_rope_theta: ClassVar[float | None] = None
+    _auto_class: ClassVar[str | None] = None  # set by register_for_auto_class: save_pretrained then saves the code
+
+    @classmethod
+    def register_for_auto_class(cls, auto_class: str | type = "AutoConfig") -> None:
+        """Make `save_pretrained` copy this class's module file (and its relative imports) next to config.json and
+        name it in `auto_map`, so the folder loads anywhere with `trust_remote_code=True`. Custom classes only."""
+        from .remote_code import check_auto_class
+
+        cls._auto_class = check_auto_class(auto_class)
 
     def __init__(self, **kwargs: Any) -> None:
         if "torch_dtype" in kwargs:  # v4 name of the same field
@@ -219,7 +228,12 @@ class PretrainedConfig(PushToHubMixin):
         if os.path.isfile(save_directory):
             raise ConfigError(f"save_directory '{save_directory}' is a file; give a folder.")
         before = folder_state(save_directory) if push_to_hub else {}
+        from .remote_code import code_to_save
+
+        code = code_to_save(self)  # a custom class registered with register_for_auto_class: its files + auto_map
         os.makedirs(save_directory, exist_ok=True)
+        for name, text in code.items():
+            write_text_atomic(os.path.join(save_directory, name), text)
         write_text_atomic(os.path.join(save_directory, CONFIG_NAME), self.to_json_string())
         if push_to_hub:
             self._push_after_save(save_directory, before, kwargs)

@@ -86,3 +86,16 @@ class OfflineError(HubError, CheckpointNotFoundError):
 
 class HubPermissionError(HubError, PermissionError):
     """The token may not write to that repo (pushing needs a write token with access to the namespace)."""
+
+
+class RemoteCodeError(PretrainedError, ValueError):
+    """Custom code that comes with a checkpoint (`auto_map`) cannot be used: a malformed entry, a missing file, a
+    relative import that leaves the repo's folder, or a class whose code cannot be saved."""
+
+
+class UntrustedCodeError(RemoteCodeError):
+    """A checkpoint needs its own code and `trust_remote_code=True` was not given (names the repo and files)."""
+
+
+class MissingDependencyError(RemoteCodeError, ImportError):
+    """A checkpoint's custom code imports a package that is not installed (names the `pip install` to run)."""

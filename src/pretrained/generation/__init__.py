@@ -1,1 +1,2 @@
-"""Generation: caches now; GenerationMixin and GenerationConfig arrive with the generation issue."""
+"""Generation: `GenerationConfig` (config.py), logits processors (logits.py), `GenerationMixin.generate` (loop.py),
+streamers (streamers.py) and the key/value caches (cache.py)."""

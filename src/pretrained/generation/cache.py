@@ -61,3 +61,44 @@ class EncoderDecoderCache:
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self.self_attention_cache.reorder_cache(beam_idx)
         self.cross_attention_cache.reorder_cache(beam_idx)
+
+
+class StaticCache:
+    """A pre-allocated key/value cache: one (batch, kv_heads, max_cache_len, head_dim) buffer per layer, allocated
+    on the first `update` (its batch, heads, dtype and device are known then) and written in place; `update`
+    returns the filled part as a view, so nothing is concatenated or copied as the sequence grows."""
+
+    def __init__(self, config=None, max_cache_len: int = 0) -> None:
+        self.max_cache_len = max_cache_len
+        self.keys: list[torch.Tensor | None] = []
+        self.values: list[torch.Tensor | None] = []
+        self.lengths: list[int] = []
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        while len(self.keys) <= layer_idx:
+            self.keys.append(None)
+            self.values.append(None)
+            self.lengths.append(0)
+        if self.keys[layer_idx] is None:
+            B, H, _, D = key.shape
+            self.keys[layer_idx] = key.new_zeros(B, H, self.max_cache_len, D)
+            self.values[layer_idx] = value.new_zeros(B, value.shape[1], self.max_cache_len, value.shape[-1])
+        start, T = self.lengths[layer_idx], key.shape[-2]
+        if start + T > self.max_cache_len:
+            raise ValueError(f"StaticCache is full: {start} + {T} tokens > max_cache_len={self.max_cache_len}.")
+        self.keys[layer_idx][:, :, start:start + T] = key
+        self.values[layer_idx][:, :, start:start + T] = value
+        self.lengths[layer_idx] = start + T
+        return self.keys[layer_idx][:, :, :start + T], self.values[layer_idx][:, :, :start + T]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.lengths[layer_idx] if layer_idx < len(self.lengths) else 0
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        for i, k in enumerate(self.keys):
+            if k is not None:
+                self.keys[i] = k.index_select(0, beam_idx.to(k.device))
+                self.values[i] = self.values[i].index_select(0, beam_idx.to(k.device))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,7 +26,8 @@ from ..configuration import CONFIG_NAME, PretrainedConfig
 from ..dispatch.hooks import attach_hooks
 from ..dispatch.offload import DiskStore
 from ..dispatch.plan import STRATEGIES, available_memory, device_for, parse_device_map, plan_device_map, sizes_from_model
-from ..errors import ConfigError, DeviceMapError
+from ..errors import ConfigError, DeviceMapError, PretrainedError
+from ..generation.config import GENERATION_CONFIG_NAME, GenerationConfig
 from ..hub.push import PUSH_KWARGS, PushToHubMixin, folder_state, weights_names
 from ..hub.resolve import pop_hub_kwargs
 from ..layers.attention import check_implementation
@@ -37,7 +37,6 @@ from .embeddings import resized_embedding, resized_linear_rows
 from .loading import initialise_meta, load_into
 from .utils import ModuleUtilsMixin
 
-GENERATION_CONFIG_NAME = "generation_config.json"
 _SKIP_INIT = contextvars.ContextVar("pretrained_skip_init", default=False)
 
 
@@ -101,6 +100,16 @@ def _no_op_init(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor
 class PreTrainedModel(nn.Module, ModuleUtilsMixin, PushToHubMixin):
     config_class: ClassVar[type[PretrainedConfig]] = PretrainedConfig
     facts: ClassVar[ModelFacts] = ModelFacts()
+    _auto_class: ClassVar[str | None] = None  # set by register_for_auto_class: save_pretrained then saves the code
+
+    @classmethod
+    def register_for_auto_class(cls, auto_class: str | type = "AutoModel") -> None:
+        """Make `save_pretrained` copy this class's module file (and the files it imports relatively) next to the
+        checkpoint and name it in config.json's `auto_map` under `auto_class`, so the folder loads anywhere with
+        `AutoModel*.from_pretrained(folder, trust_remote_code=True)`. For custom classes only."""
+        from ..remote_code import check_auto_class
+
+        cls._auto_class = check_auto_class(auto_class)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -123,6 +132,9 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin, PushToHubMixin):
         config._attn_implementation = check_implementation(config._attn_implementation)
         self.config = config
         self.name_or_path = getattr(config, "_name_or_path", "")
+        # decoding settings of a generative class: the model config's generation fields, replaced by the
+        # checkpoint's generation_config.json when from_pretrained finds one
+        self.generation_config = GenerationConfig.from_model_config(config) if self.can_generate() else None
 
     # ---- initialisation ----------------------------------------------------------------------
     def post_init(self) -> None:
@@ -296,8 +308,10 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin, PushToHubMixin):
     def _check_config(cls, config: PretrainedConfig) -> None:
         expected = cls.config_class
         # the model_type too: a family's config may subclass another's (MistralConfig is a LlamaConfig)
-        if expected is not PretrainedConfig and (not isinstance(config, expected)
-                                                 or config.model_type != expected.model_type):
+        # (a custom class's config may be a second copy of its class, by name: the reference's loader imports the
+        # config's and the model's code as separate modules)
+        same = isinstance(config, expected) or type(config).__qualname__ == expected.__qualname__
+        if expected is not PretrainedConfig and (not same or config.model_type != expected.model_type):
             raise ConfigError(
                 f"{cls.__name__} needs a {expected.__name__} (model_type '{expected.model_type}'), but the config is a "
                 f"{type(config).__name__} (model_type '{config.model_type}'). Use the Auto classes to pick the "
@@ -388,6 +402,9 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin, PushToHubMixin):
         variant = kwargs.pop("variant", None)
         state_dict = kwargs.pop("state_dict", None)
         kwargs.pop("low_cpu_mem_usage", None)  # always low: the model is built on the meta device
+        kwargs.pop("name_or_path", None)  # the reference's Auto classes pass these two to a custom class
+        if "_adapter_model_path" in (kwargs.pop("adapter_kwargs", None) or {}):
+            raise ValueError("This checkpoint is a PEFT adapter; load its base model and apply the adapter with peft.")
         hub = pop_hub_kwargs(kwargs)
 
         config = cls._resolve_config(pretrained_model_name_or_path, config, hub, kwargs)
@@ -421,6 +438,10 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin, PushToHubMixin):
             model._disk_store = store
             model._dispatch_hooks = attach_hooks(model, plan, store)
         model.loading_info = info
+        if model.can_generate() and pretrained_model_name_or_path is not None and state_dict is None:
+            found = _find_generation_config(pretrained_model_name_or_path, hub)
+            if found is not None:
+                model.generation_config = found
         return (model, info.as_dict()) if output_loading_info else model
 
     @classmethod
@@ -481,9 +502,14 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin, PushToHubMixin):
                 del state_dict[target]
         self.config.architectures = [type(self).__name__]
         self.config.dtype = str(self.dtype).removeprefix("torch.")
-        extra = {CONFIG_NAME: self.config.to_json_string()}
+        from ..remote_code import code_to_save
+
+        code = code_to_save(self.config, type(self))  # custom classes: their files, and auto_map in the config
+        extra = {CONFIG_NAME: self.config.to_json_string(), **code}
         if self.can_generate():
-            extra[GENERATION_CONFIG_NAME] = _generation_config_json(self.config)
+            generation_config = getattr(self, "generation_config", None) or GenerationConfig.from_model_config(
+                self.config)
+            extra[GENERATION_CONFIG_NAME] = generation_config.to_json_string()
         save_checkpoint(save_directory, state_dict, max_shard_size=max_shard_size,
                         safe_serialization=safe_serialization, variant=variant, extra_files=extra)
         if push_to_hub:
@@ -497,15 +523,17 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin, PushToHubMixin):
         return weights_names(safe_serialization, variant)
 
 
-def _generation_config_json(config: PretrainedConfig) -> str:
-    """The generation defaults a model config implies, in `generation_config.json`'s format."""
-    data: dict[str, Any] = {"_from_model_config": True}
-    for key in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"):
-        if getattr(config, key, None) is not None:
-            data[key] = getattr(config, key)
-    data.update(output_attentions=False, output_hidden_states=False, use_cache=getattr(config, "use_cache", True))
-    data["transformers_version"] = "5.0.0"
-    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+def _find_generation_config(source: Any, hub: dict) -> GenerationConfig | None:
+    """The checkpoint's generation_config.json, if it has one."""
+    from ..hub.resolve import resolve_file
+
+    if not os.path.isdir(source) and os.path.isfile(source):  # a single weights file: look beside it
+        source = os.path.dirname(os.fspath(source)) or "."
+    try:
+        path = resolve_file(source, GENERATION_CONFIG_NAME, required=False, **hub)
+    except (OSError, PretrainedError):
+        return None
+    return GenerationConfig.from_json_file(path) if path else None
 
 
 def _device_plan(model: nn.Module, device_map: Any, max_memory: Any) -> dict[str, Any] | None:

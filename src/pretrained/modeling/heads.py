@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..generation.loop import GenerationMixin
 from .losses import causal_lm_loss, question_answering_loss, sequence_classification_loss, token_loss
 from .outputs import (
     CausalLMOutputWithPast,
@@ -51,7 +52,7 @@ class DecoderHead:
         return out if (self.config.return_dict if return_dict is None else return_dict) else out.to_tuple()
 
 
-class DecoderForCausalLM(DecoderHead):
+class DecoderForCausalLM(DecoderHead, GenerationMixin):
     """Base model + `lm_head` (no bias): next-token logits (B, T, V). The head is tied to the input embeddings
     when `config.tie_word_embeddings` is set."""
 

@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ...generation.cache import DynamicCache
+from ...generation.loop import GenerationMixin
 from ...layers.attention import attend, causal_mask
 from ...layers.mlp import activation
 from ...modeling.base import ModelFacts, PreTrainedModel
@@ -213,7 +214,7 @@ class GPT2Model(GPT2PreTrainedModel):
         return out if (cfg.return_dict if return_dict is None else return_dict) else out.to_tuple()
 
 
-class GPT2LMHeadModel(GPT2PreTrainedModel):
+class GPT2LMHeadModel(GPT2PreTrainedModel, GenerationMixin):
     """GPT-2 + language-model head tied to the token embeddings: token ids -> next-token logits (B, T, vocab)."""
 
     facts = GPT2PreTrainedModel.facts.but(

@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ...generation.cache import DynamicCache, EncoderDecoderCache
+from ...generation.loop import GenerationMixin
 from ...layers.mlp import activation
 from ...modeling.base import ModelFacts, PreTrainedModel
 from ...modeling.losses import token_loss
@@ -475,7 +476,7 @@ class T5Model(T5PreTrainedModel):
         return self._return(out, return_dict)
 
 
-class T5ForConditionalGeneration(T5PreTrainedModel):
+class T5ForConditionalGeneration(T5PreTrainedModel, GenerationMixin):
     """Encoder + decoder + language-model head: -> next-token logits (B, T, vocab); loss from `labels`."""
 
     facts = T5PreTrainedModel.facts.but(

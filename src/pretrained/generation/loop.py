@@ -1,0 +1,251 @@
+"""`GenerationMixin.generate`: greedy decoding, sampling and beam search over a growing key/value cache.
+
+Shapes: B prompts, N = B x (beams or returned sequences) rows decoded side by side, S tokens so far, V vocabulary.
+Decoder-only prompts may be left-padded: positions then count real tokens only (the attention mask's running
+sum), as the reference computes them. Encoder-decoders run the encoder once and decode from
+`decoder_start_token_id`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError
+from . import logits as lp
+from .cache import DynamicCache, EncoderDecoderCache, StaticCache
+from .config import GenerationConfig
+
+
+class _Decoder:
+    """Runs the model on the tokens its cache has not seen yet and returns the last position's logits (N, V)."""
+
+    def __init__(self, model, attention_mask: torch.Tensor, use_cache: bool, encoder=None,
+                 encoder_mask: torch.Tensor | None = None) -> None:
+        self.model, self.mask, self.use_cache = model, attention_mask, use_cache
+        self.encoder, self.encoder_mask = encoder, encoder_mask
+        self.cache = None
+        params = inspect.signature(model.forward).parameters
+        self.keep_one = "logits_to_keep" in params
+
+    def seen(self) -> int:
+        return self.cache.get_seq_length() if self.cache is not None else 0
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        past = self.seen()
+        kwargs: dict[str, Any] = {"past_key_values": self.cache, "use_cache": self.use_cache, "return_dict": True}
+        if self.encoder is not None:
+            kwargs.update(decoder_input_ids=ids[:, past:], encoder_outputs=self.encoder,
+                          attention_mask=self.encoder_mask)
+        else:
+            if self.mask.shape[1] < ids.shape[1]:  # one more real token per step
+                grow = ids.shape[1] - self.mask.shape[1]
+                self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], grow)], dim=1)
+            positions = (self.mask.long().cumsum(-1) - 1).masked_fill(self.mask == 0, 1)
+            kwargs.update(input_ids=ids[:, past:], attention_mask=self.mask, position_ids=positions[:, past:])
+            if self.keep_one:
+                kwargs["logits_to_keep"] = 1
+        out = self.model(**kwargs)
+        if self.use_cache:
+            self.cache = out.past_key_values
+        return out.logits[:, -1, :].to(dtype=torch.float32, copy=True)
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        if self.cache is not None:
+            self.cache.reorder_cache(rows)
+        if self.encoder is None:
+            self.mask = self.mask.index_select(0, rows.to(self.mask.device))
+
+
+class GenerationMixin:
+    """`generate` for the classes whose facts say they can generate (`can_generate()`)."""
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+                 generation_config: GenerationConfig | None = None, streamer=None,
+                 generator: torch.Generator | None = None, **overrides: Any) -> torch.LongTensor:
+        """Continue `input_ids` (B, S); returns (B x num_return_sequences, S') token ids, prompt included for
+        decoder-only models and `decoder_start_token_id` first for encoder-decoders.
+
+        `generation_config` (default: the model's own) is copied and `overrides` (any of its fields, e.g.
+        `max_new_tokens=20, do_sample=True, top_p=0.9`) applied to the copy. `generator` seeds sampling.
+        `streamer` gets `put(tokens)` with the prompt, then each new token (one per row), and `end()`.
+        """
+        if not self.can_generate():
+            raise TypeError(f"{type(self).__name__} cannot generate: it has no language-model head. Use a class "
+                            "such as AutoModelForCausalLM.")
+        if input_ids is None:
+            input_ids = overrides.pop("inputs", None)
+        if input_ids is None:
+            raise ValueError("generate() needs input_ids (B, S).")
+        base = generation_config or getattr(self, "generation_config", None) \
+            or GenerationConfig.from_model_config(self.config)
+        config = base.copy(**overrides)
+        for name, why in (("stop_strings", "stop strings"), ("return_dict_in_generate", "dict outputs"),
+                          ("output_scores", "returned scores")):
+            if config.get(name):
+                raise NotImplementedError(f"generate(): {why} ({name}) are not supported yet.")
+        device = next(self.parameters()).device
+        input_ids = input_ids.to(device)
+        if input_ids.dim() == 1:
+            input_ids = input_ids[None]
+        eos = config.eos_token_ids
+        pad = config.pad_token_id if config.pad_token_id is not None else (eos[0] if eos else None)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+            if pad is not None and pad not in eos and bool((input_ids == pad).any()):
+                attention_mask = input_ids.ne(pad).long()
+        attention_mask = attention_mask.to(device)
+
+        beams, sample = config.get("num_beams"), config.get("do_sample")
+        expand = beams if beams > 1 else config.get("num_return_sequences")
+        encoder_decoder = bool(getattr(self.config, "is_encoder_decoder", False))
+        if encoder_decoder:
+            start = config.decoder_start_token_id
+            if start is None:
+                start = getattr(self.config, "decoder_start_token_id", None)
+            if start is None:
+                start = config.bos_token_id
+            if start is None:
+                raise ConfigError("GenerationConfig.decoder_start_token_id=None is invalid: an encoder-decoder "
+                                  "needs the token its decoder starts from.")
+            encoder = self.get_encoder()(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+            encoder.last_hidden_state = encoder.last_hidden_state.repeat_interleave(expand, dim=0)
+            decoder = _Decoder(self, attention_mask.repeat_interleave(expand, dim=0), config.get("use_cache"),
+                               encoder, attention_mask.repeat_interleave(expand, dim=0))
+            ids = torch.full((input_ids.shape[0] * expand, 1), start, dtype=torch.long, device=device)
+            prompt_ignore = None
+        else:
+            ids = input_ids.repeat_interleave(expand, dim=0)
+            decoder = _Decoder(self, attention_mask.repeat_interleave(expand, dim=0), config.get("use_cache"))
+            prompt_ignore = attention_mask == 0
+        prompt_length = ids.shape[1]
+        max_length = (config.max_new_tokens + prompt_length if config.max_new_tokens is not None
+                      else config.get("max_length"))
+        if config.get("cache_implementation") == "static" and decoder.use_cache:
+            static = StaticCache(max_cache_len=max_length)
+            decoder.cache = EncoderDecoderCache(static, DynamicCache()) if encoder_decoder else static
+        processors = lp.processors_for(config, prompt_length, prompt_ignore, beams=beams > 1)
+        if beams > 1:
+            if streamer is not None:
+                raise ValueError("generate(): a streamer cannot follow beam search (num_beams > 1).")
+            return _beam_search(decoder, ids, processors, config, eos, pad, max_length, input_ids.shape[0],
+                                beams, sample, generator)
+        if streamer is not None:
+            streamer.put(ids.cpu())
+        return _decode(decoder, ids, processors, sample, eos, pad, max_length, streamer, generator)
+
+    def get_encoder(self):
+        return getattr(self, "encoder")
+
+
+def _decode(decoder: _Decoder, ids, processors, sample: bool, eos: list[int], pad, max_length: int, streamer,
+            generator) -> torch.LongTensor:
+    """Greedy decoding or sampling, one token per row per step until every row has hit EOS or max_length."""
+    running = torch.ones(ids.shape[0], dtype=torch.bool, device=ids.device)
+    eos_t = torch.tensor(eos, device=ids.device)
+    try:
+        while ids.shape[1] < max_length:
+            scores = lp.apply(processors, ids, decoder(ids))
+            if sample:
+                nxt = torch.multinomial(scores.softmax(dim=-1), 1, generator=generator).squeeze(1)
+            else:
+                nxt = scores.argmax(dim=-1)
+            if eos:
+                nxt = torch.where(running, nxt, torch.full_like(nxt, pad))
+            ids = torch.cat([ids, nxt[:, None]], dim=1)
+            if streamer is not None:
+                streamer.put(nxt.cpu())
+            if eos:
+                running &= ~torch.isin(nxt, eos_t)
+                if not bool(running.any()):
+                    break
+    finally:
+        if streamer is not None:
+            streamer.end()
+    return ids
+
+
+def _beam_search(decoder: _Decoder, ids, processors, config: GenerationConfig, eos: list[int], pad,
+                 max_length: int, batch: int, beams: int, sample: bool, generator) -> torch.LongTensor:
+    """Vectorised beam search as the reference runs it: 2 x beams candidates per step (more with several EOS),
+    finished hypotheses scored by sum of log-probabilities / generated_length ** length_penalty."""
+    length_penalty, early_stopping = config.get("length_penalty"), config.get("early_stopping")
+    returned = config.get("num_return_sequences")
+    if returned > beams:
+        raise ConfigError(f"GenerationConfig.num_return_sequences={returned} is invalid: beam search returns at "
+                          f"most num_beams={beams} sequences.")
+    device, prompt = ids.device, ids.shape[1]
+    keep = max(2, 1 + len(eos)) * beams
+    fill = (pad or eos[0]) if eos else -1  # the reference's fill value, pad 0 included
+    eos_t = torch.tensor(eos, device=device, dtype=torch.long)
+    NEG = -1.0e9
+
+    running = torch.full((batch, beams, max_length), fill, dtype=torch.long, device=device)
+    running[:, :, :prompt] = ids.view(batch, beams, prompt)
+    finished = running.clone()
+    running_scores = torch.zeros(batch, beams, device=device)
+    running_scores[:, 1:] = NEG
+    finished_scores = torch.full((batch, beams), NEG, device=device)
+    done = torch.zeros(batch, beams, dtype=torch.bool, device=device)
+    improvable = torch.ones(batch, 1, dtype=torch.bool, device=device)
+    running_len = torch.zeros(batch, beams, dtype=torch.long, device=device)  # tokens generated per beam
+    finished_len = torch.zeros(batch, beams, dtype=torch.long, device=device)
+    top_mask = torch.arange(keep, device=device) < beams
+
+    def gather(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        idx = idx.view(*idx.shape, *([1] * (t.dim() - idx.dim()))).expand(*idx.shape, *t.shape[idx.dim():])
+        return t.gather(1, idx)
+
+    cur = prompt
+    while True:
+        flat = running[:, :, :cur].reshape(batch * beams, cur)
+        log_probs = decoder(flat).log_softmax(dim=-1)
+        log_probs = lp.apply(processors, flat, log_probs)
+        V = log_probs.shape[-1]
+        total = (log_probs.view(batch, beams, V) + running_scores[:, :, None]).view(batch, beams * V)
+        if sample:
+            picked = torch.multinomial(total.softmax(dim=-1), keep, generator=generator)
+            top_scores = total.gather(1, picked)
+        else:
+            top_scores, picked = torch.topk(total, keep)
+        from_beam, token = picked // V, picked % V
+        cand = gather(running, from_beam)
+        cand[:, :, cur] = token
+        cand_len = gather(running_len, from_beam) + 1
+        stops = torch.zeros_like(token, dtype=torch.bool) if not eos else torch.isin(token, eos_t)
+        stops |= cur + 1 >= max_length
+
+        # the next running beams: the best candidates that did not just stop
+        alive = top_scores + stops.float() * NEG
+        nxt = torch.topk(alive, beams).indices
+        running, running_scores = gather(cand, nxt), gather(alive, nxt)
+        running_len = gather(cand_len, nxt)
+        rows = (gather(from_beam, nxt) + torch.arange(batch, device=device)[:, None] * beams).view(-1)
+
+        # finished hypotheses: merge those that just stopped (among the top `beams`) into the kept ones
+        just = stops & top_mask[None, :]
+        scored = top_scores / ((cur + 1 - prompt) ** length_penalty)
+        full = done.all(dim=-1, keepdim=True) & (early_stopping is True)
+        scored = scored + full.float() * NEG + (~improvable).float() * NEG + (~just).float() * NEG
+        merged_scores = torch.cat([finished_scores, scored], dim=1)
+        best = torch.topk(merged_scores, beams).indices
+        finished = gather(torch.cat([finished, cand], dim=1), best)
+        finished_scores = gather(merged_scores, best)
+        finished_len = gather(torch.cat([finished_len, cand_len], dim=1), best)
+        done = gather(torch.cat([done, just], dim=1), best)
+
+        decoder.reorder(rows)
+        cur += 1
+        length = (max_length - prompt) if early_stopping == "never" and length_penalty > 0.0 else (cur - prompt)
+        best_running = running_scores[:, :1] / (length ** length_penalty)
+        worst_done = torch.where(done, finished_scores.min(dim=1, keepdim=True).values, NEG)
+        improvable = improvable & (best_running > worst_done).any(dim=-1, keepdim=True)
+        if not (bool(improvable.any()) and not (bool(done.all()) and early_stopping is True)
+                and not bool(stops.all())):
+            break
+
+    out = finished[:, :returned].reshape(batch * returned, max_length)
+    return out[:, :prompt + int(finished_len[:, :returned].max())]

@@ -1,0 +1,312 @@
+"""Generation: GenerationConfig files, logits processors, and `generate` token-for-token against the reference.
+
+Each family gets one tiny checkpoint written by the reference library and read by both libraries. Weights use a
+large initializer_range so that argmaxes are decisive (no float ties between the two implementations).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import pretrained
+from pretrained.errors import ConfigError
+from pretrained.generation import logits as lp
+from pretrained.generation.config import GenerationConfig
+from pretrained.generation.streamers import TextStreamer, TokenStreamer
+
+transformers = pytest.importorskip("transformers")
+from transformers.generation import logits_process as ref_lp  # noqa: E402
+
+V = 64
+
+
+def _reference_model(kind: str):
+    torch.manual_seed(0)
+    if kind == "llama":
+        cfg = transformers.LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, initializer_range=0.2,
+                                       bos_token_id=1, eos_token_id=2, pad_token_id=0)
+        return transformers.LlamaForCausalLM(cfg).eval(), pretrained.AutoModelForCausalLM
+    if kind == "gpt2":
+        cfg = transformers.GPT2Config(vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                      initializer_range=0.2, bos_token_id=1, eos_token_id=2)
+        return transformers.GPT2LMHeadModel(cfg).eval(), pretrained.AutoModelForCausalLM
+    cfg = transformers.T5Config(vocab_size=V, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                                decoder_start_token_id=0, eos_token_id=2, pad_token_id=0)
+    return transformers.T5ForConditionalGeneration(cfg).eval(), pretrained.AutoModelForSeq2SeqLM
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2", "t5"])
+def pair(request, tmp_path_factory):
+    """(reference model, our model loaded from the reference's files, folder)."""
+    ref, auto = _reference_model(request.param)
+    folder = tmp_path_factory.mktemp(f"gen-{request.param}")
+    ref.save_pretrained(folder)
+    return ref, auto.from_pretrained(folder), folder
+
+
+def _prompts():
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, V, (3, 7), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0
+    mask[2, :4] = 0
+    return ids.masked_fill(mask == 0, 0), mask
+
+
+def _same(ref, ours, ids, mask, **kw):
+    expected = ref.generate(ids, attention_mask=mask, **kw)
+    actual = ours.generate(ids, attention_mask=mask, **kw)
+    assert actual.shape == expected.shape and torch.equal(actual, expected), (kw, expected, actual)
+    return actual
+
+
+# ---- parity ---------------------------------------------------------------------------------------------------
+CASES = {
+    "greedy": dict(max_new_tokens=12),
+    "penalties": dict(max_new_tokens=10, repetition_penalty=1.5, no_repeat_ngram_size=2),
+    "min_new_tokens": dict(max_new_tokens=8, min_new_tokens=5, eos_token_id=[2, 5]),
+    "beam": dict(max_new_tokens=8, num_beams=3),
+    "beam_returns": dict(max_new_tokens=8, num_beams=3, num_return_sequences=2, length_penalty=0.5,
+                         early_stopping=True),
+    "beam_never": dict(max_new_tokens=8, num_beams=4, early_stopping="never"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_parity_single_and_left_padded_batch(pair, case):
+    ref, ours, _ = pair
+    ids, mask = _prompts()
+    _same(ref, ours, ids[:1], None, **CASES[case])
+    _same(ref, ours, ids, mask, **CASES[case])
+
+
+def test_parity_eos_stops(pair):
+    """EOS chosen among the tokens greedy decoding produces, so that rows stop (and are padded) at different steps."""
+    ref, ours, _ = pair
+    ids, mask = _prompts()
+    free = ours.generate(ids, attention_mask=mask, max_new_tokens=10, eos_token_id=None)
+    start = 1 if ours.config.is_encoder_decoder else ids.shape[1]
+    eos = [int(free[0, start + 2]), int(free[1, start + 5])]
+    out = _same(ref, ours, ids, mask, max_new_tokens=10, eos_token_id=eos, pad_token_id=0)
+    assert out.shape[1] <= free.shape[1]
+    row0 = out[0, start:].tolist()
+    first = next(k for k, t in enumerate(row0) if t in eos)
+    assert first <= 2 and all(t == 0 for t in row0[first + 1:])  # stopped, then padding
+    _same(ref, ours, ids, mask, max_new_tokens=10, eos_token_id=eos, pad_token_id=0, num_beams=3)
+    one = ours.generate(ids[:1], max_new_tokens=10, eos_token_id=eos[0])
+    assert one.shape[1] <= start + 3 and one[0, -1] == eos[0]  # a single sequence stops at its EOS
+
+
+def test_seeded_sampling(pair):
+    ref, ours, _ = pair
+    ids, mask = _prompts()
+    for kw in (dict(do_sample=True, top_k=20, top_p=0.9, temperature=0.7),
+               dict(do_sample=True, min_p=0.1, num_return_sequences=2)):
+        torch.manual_seed(3)
+        expected = ref.generate(ids, attention_mask=mask, max_new_tokens=8, **kw)
+        torch.manual_seed(3)
+        actual = ours.generate(ids, attention_mask=mask, max_new_tokens=8, **kw)
+        assert torch.equal(actual, expected)
+    a = ours.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=True,
+                      generator=torch.Generator().manual_seed(7))
+    b = ours.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=True,
+                      generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
+
+
+def test_max_length_and_no_cache(pair):
+    ref, ours, _ = pair
+    ids, mask = _prompts()
+    length = 12 if not ours.config.is_encoder_decoder else 6
+    out = _same(ref, ours, ids, mask, max_length=length, eos_token_id=None)  # no early stop
+    assert out.shape[1] == length
+    assert torch.equal(ours.generate(ids, attention_mask=mask, max_new_tokens=5, use_cache=False),
+                       ours.generate(ids, attention_mask=mask, max_new_tokens=5))
+
+
+def test_static_cache_gives_the_same_tokens(pair):
+    ref, ours, _ = pair
+    ids, mask = _prompts()
+    for kw in (dict(max_new_tokens=8), dict(max_new_tokens=6, num_beams=3)):
+        dynamic = ours.generate(ids, attention_mask=mask, **kw)
+        assert torch.equal(ours.generate(ids, attention_mask=mask, cache_implementation="static", **kw), dynamic)
+    _same(ref, ours, ids, mask, max_new_tokens=8, cache_implementation="static")
+
+
+def test_streamer_gets_prompt_then_each_token(pair):
+    _, ours, _ = pair
+    ids, _ = _prompts()
+    seen = []
+    streamer = TokenStreamer(callback=seen.append)
+    out = ours.generate(ids[:1], max_new_tokens=6, streamer=streamer, eos_token_id=None)
+    prompt = out.shape[1] - 6
+    assert seen[0] == out[0, :prompt].tolist() and [s[0] for s in seen[1:]] == out[0, prompt:].tolist()
+    assert sum(list(streamer), []) == out[0].tolist()  # the queue ends after the last token
+
+
+# ---- facts, config files, errors -----------------------------------------------------------------------------
+def test_can_generate_only_for_generative_classes():
+    assert pretrained.LlamaForCausalLM.can_generate() and pretrained.GPT2LMHeadModel.can_generate()
+    assert pretrained.T5ForConditionalGeneration.can_generate()
+    assert not pretrained.LlamaModel.can_generate() and not pretrained.LlamaForSequenceClassification.can_generate()
+    assert not hasattr(pretrained.LlamaModel, "generate")
+
+
+def test_generation_config_round_trip(pair, tmp_path):
+    ref, ours, folder = pair
+    assert ours.generation_config.eos_token_id == ref.generation_config.eos_token_id
+    ours.generation_config.max_new_tokens = 4
+    ours.generation_config.top_k = 7
+    ours.save_pretrained(tmp_path)
+    data = json.loads((tmp_path / "generation_config.json").read_text())
+    assert data["max_new_tokens"] == 4 and data["top_k"] == 7 and "num_beams" not in data  # only what is set
+    assert transformers.GenerationConfig.from_pretrained(tmp_path).max_new_tokens == 4
+    again = type(ours).from_pretrained(tmp_path)
+    assert again.generation_config == ours.generation_config
+    ids, _ = _prompts()
+    assert again.generate(ids[:1]).shape[1] - ours.generate(ids[:1], max_new_tokens=4).shape[1] == 0
+    ours.generation_config.max_new_tokens = None
+    ours.generation_config.top_k = None
+
+
+def test_generation_config_from_reference_file_and_overrides(tmp_path):
+    transformers.GenerationConfig(max_new_tokens=9, do_sample=True, top_p=0.8, eos_token_id=[2, 3],
+                                  custom_field="kept").save_pretrained(tmp_path)
+    config = GenerationConfig.from_pretrained(tmp_path)
+    assert (config.max_new_tokens, config.do_sample, config.top_p, config.eos_token_ids) == (9, True, 0.8, [2, 3])
+    assert config.get("num_beams") == 1 and config.get("top_k") == 50  # the reference's defaults
+    assert config.custom_field == "kept"
+    changed = config.copy(top_p=0.5)
+    assert changed.top_p == 0.5 and config.top_p == 0.8
+    with pytest.raises(ConfigError, match="nonsense"):
+        config.copy(nonsense=1)
+
+
+def test_legacy_generation_fields_in_config_json(tmp_path):
+    config = pretrained.LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                    num_attention_heads=4, num_key_value_heads=2, eos_token_id=5)
+    config.max_length = 33
+    config.num_beams = 2
+    generation = GenerationConfig.from_model_config(config)
+    assert (generation.max_length, generation.num_beams, generation.eos_token_id) == (33, 2, 5)
+    model = pretrained.LlamaForCausalLM(config)
+    assert model.generation_config.max_length == 33
+    model.save_pretrained(tmp_path)  # then a checkpoint whose config.json alone carries the fields
+    (tmp_path / "generation_config.json").unlink()
+    data = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**data, "max_length": 11, "do_sample": True, "top_k": 50}))
+    loaded = pretrained.AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert (loaded.generation_config.max_length, loaded.generation_config.do_sample) == (11, True)
+    assert loaded.generation_config.top_k is None  # a legacy default is not a choice
+
+
+@pytest.mark.parametrize("field, value", [("temperature", 0.0), ("top_p", 1.5), ("num_beams", 0),
+                                          ("max_new_tokens", -1), ("min_p", 2.0), ("do_sample", "yes"),
+                                          ("cache_implementation", "paged"), ("early_stopping", "soon"),
+                                          ("eos_token_id", "2")])
+def test_invalid_field_is_named(field, value):
+    with pytest.raises(ConfigError, match=field):
+        GenerationConfig(**{field: value})
+
+
+def test_invalid_file_names_path_and_field(tmp_path):
+    (tmp_path / "generation_config.json").write_text(json.dumps({"top_k": -3}))
+    with pytest.raises(ConfigError, match="top_k") as err:
+        GenerationConfig.from_pretrained(tmp_path)
+    assert "generation_config.json" in str(err.value)
+
+
+def test_unsupported_options_raise(pair):
+    _, ours, _ = pair
+    ids, _ = _prompts()
+    with pytest.raises(NotImplementedError, match="stop_strings"):
+        ours.generate(ids[:1], stop_strings=["x"])
+    with pytest.raises(ConfigError, match="num_return_sequences"):
+        ours.generate(ids[:1], num_return_sequences=3)
+
+
+# ---- processors against the reference's ----------------------------------------------------------------------
+@pytest.fixture
+def scores():
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 20, (4, 12), generator=g)
+    ids[:, -2:] = ids[:, 3:5]  # a repeated bigram prefix, so that n-gram bans happen
+    return ids, torch.randn(4, 20, generator=g) * 3
+
+
+@pytest.mark.parametrize("ours, theirs", [
+    (lambda i, s: lp.temperature(i, s, 0.7), ref_lp.TemperatureLogitsWarper(0.7)),
+    (lambda i, s: lp.top_k(i, s, 5), ref_lp.TopKLogitsWarper(5)),
+    (lambda i, s: lp.top_k(i, s, 1, min_keep=3), ref_lp.TopKLogitsWarper(1, min_tokens_to_keep=3)),
+    (lambda i, s: lp.top_p(i, s, 0.8), ref_lp.TopPLogitsWarper(0.8)),
+    (lambda i, s: lp.top_p(i, s, 0.05, min_keep=2), ref_lp.TopPLogitsWarper(0.05, min_tokens_to_keep=2)),
+    (lambda i, s: lp.min_p(i, s, 0.2), ref_lp.MinPLogitsWarper(0.2)),
+    (lambda i, s: lp.min_p(i, s, 0.9, min_keep=3), ref_lp.MinPLogitsWarper(0.9, min_tokens_to_keep=3)),
+    (lambda i, s: lp.repetition_penalty(i, s, 1.3), ref_lp.RepetitionPenaltyLogitsProcessor(1.3)),
+    (lambda i, s: lp.no_repeat_ngram(i, s, 3), ref_lp.NoRepeatNGramLogitsProcessor(3)),
+    (lambda i, s: lp.no_repeat_ngram(i, s, 1), ref_lp.NoRepeatNGramLogitsProcessor(1)),
+    (lambda i, s: lp.min_length(i, s, 13, [2, 7]), ref_lp.MinLengthLogitsProcessor(13, [2, 7])),
+    (lambda i, s: lp.min_new_tokens(i, s, 10, 3, [4]), ref_lp.MinNewTokensLengthLogitsProcessor(10, 3, [4])),
+])
+def test_processor_matches_reference(scores, ours, theirs):
+    ids, s = scores
+    before = s.clone()
+    torch.testing.assert_close(ours(ids, s), theirs(ids, s.clone()), atol=0, rtol=0)
+    assert torch.equal(s, before)  # pure
+
+
+def test_repetition_penalty_ignores_padding(scores):
+    ids, s = scores
+    pads = torch.tensor([0, 3, 5, 0])
+    ignore = torch.arange(ids.shape[1])[None] < pads[:, None]
+    expected = ref_lp.RepetitionPenaltyLogitsProcessor(1.4, prompt_ignore_length=pads)(ids, s.clone())
+    torch.testing.assert_close(lp.repetition_penalty(ids, s, 1.4, ignore), expected, atol=0, rtol=0)
+
+
+# ---- streamers -----------------------------------------------------------------------------------------------
+class _WordTokenizer:
+    words = ["<p>", "hello", " world", " again", "\n", " and", " more"]
+
+    def decode(self, ids):
+        return "".join(self.words[i] for i in ids)
+
+
+def test_text_streamer_prints_whole_words():
+    chunks = []
+    streamer = TextStreamer(_WordTokenizer(), skip_prompt=True, on_text=lambda t, final: chunks.append(t))
+    streamer.put(torch.tensor([[0]]))  # the prompt, skipped
+    for token in (1, 2, 3, 4, 5, 6):
+        streamer.put(torch.tensor([token]))
+    streamer.end()
+    assert "".join(chunks) == "hello world again\n and more"
+    assert chunks[:2] == ["", "hello "]  # a word is written once the next one starts
+    with pytest.raises(ValueError, match="batch"):
+        TokenStreamer().put(torch.zeros(2, 3, dtype=torch.long))
+
+
+# ---- the generate command ------------------------------------------------------------------------------------
+def test_generate_command_streams_text(tmp_path, capsys):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from pretrained.cli import main
+
+    ref, _ = _reference_model("llama")
+    ref.save_pretrained(tmp_path)
+    vocab = {f"w{i}": i for i in range(V)}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    prompt = "w5 w9 w33 w17"
+    assert main(["generate", str(tmp_path), "--prompt", prompt, "--max-new-tokens", "6"]) == 0
+    out, err = capsys.readouterr()
+    ids = torch.tensor([tokenizer.encode(prompt).ids])
+    expected = ref.generate(ids, max_new_tokens=6)[0, ids.shape[1]:].tolist()
+    assert out.startswith(prompt) and out.split()[4:] == [f"w{i}" for i in expected]
+    assert "tokens/s" in err
+    assert main(["generate", str(tmp_path), "--prompt", prompt, "--max-new-tokens", "3", "--do-sample",
+                 "--top-k", "5", "--seed", "1"]) == 0
+    assert main(["generate", str(tmp_path / "nowhere"), "--prompt", prompt]) == 2
