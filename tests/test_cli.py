@@ -50,6 +50,10 @@ def test_demo_round_trip_in_a_temporary_folder(capsys):
     assert re.search(r"^loading info\s+0 missing, 0 unexpected, 0 mismatched$", out, re.M)
     folder = re.search(r"^saved to (\S+) ", out, re.M).group(1)
     assert not os.path.exists(folder)  # the temporary folder is removed
+    generated = re.search(r"^generate\s+\[([\d, ]+)\] \(greedy, (\d+) new tokens, [\d.]+ tokens/s\)$", out, re.M)
+    ids = [int(i) for i in generated.group(1).split(",")]
+    assert len(ids) == int(generated.group(2)) and 1 <= len(ids) <= 8
+    assert ids[0] == int(re.search(r"^next token\s+(\d+)$", out, re.M).group(1))  # greedy starts at the argmax
 
 
 def test_demo_keeps_its_folder_and_inspect_agrees(tmp_path, capsys):

@@ -223,10 +223,57 @@ def test_invalid_file_names_path_and_field(tmp_path):
 def test_unsupported_options_raise(pair):
     _, ours, _ = pair
     ids, _ = _prompts()
-    with pytest.raises(NotImplementedError, match="stop_strings"):
+    with pytest.raises(ValueError, match="stop_strings.*tokenizer"):
         ours.generate(ids[:1], stop_strings=["x"])
     with pytest.raises(ConfigError, match="num_return_sequences"):
         ours.generate(ids[:1], num_return_sequences=3)
+
+
+# ---- stop strings ----------------------------------------------------------------------------------------------
+def _byte_level_tokenizer():
+    """A tiny byte-level BPE built from a fixed vocabulary and merges (no downloads, no training): V tokens, so ids
+    fit the tiny models, several of which span or complete the stop strings used below."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    singles = list("abcdehilnorstu.,") + ["\u0120", "\u010a"]  # byte-level forms of " " and "\n"
+    merges = [("o", "n"), ("a", "t"), ("t", "h"), ("th", "e"), ("\u0120", "the"), ("\u010a", "\u010a"),
+              ("\u0120", "\u0120"), ("s", "t"), ("st", "o"), ("sto", "p"), ("\u0120", "a"), ("\u0120", "s"),
+              ("i", "n"), ("e", "r"), ("e", "n"), ("\u0120", "t"), ("\u0120", "o"), ("o", "r"), ("r", "e"),
+              ("a", "n"), ("an", "d"), ("\u0120", "and"), ("h", "e"), ("\u0120", "he"), ("e", "s"),
+              ("\u0120t", "o"), (".", "\u010a"), ("i", "s"), ("\u0120", "is"), ("\u0120", "on"),
+              ("\u0120", "at"), ("u", "n"), ("l", "e"), ("c", "at"), ("\u0120", "cat"), ("\u0120", "c"),
+              ("c", "o"), ("co", "n"), ("h", "i"), ("t", "o"), ("\u0120", "in"), ("o", "u"), ("ou", "t"),
+              ("\u0120", "out"), ("\u010a", "the")]
+    singles += ["p"]
+    vocab = {tok: i for i, tok in enumerate(singles)}
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab, merges))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def test_stop_strings_match_the_reference(tmp_path):
+    from transformers import PreTrainedTokenizerFast
+
+    backend = _byte_level_tokenizer()
+    assert backend.get_vocab_size() == V
+    ref_tok = PreTrainedTokenizerFast(tokenizer_object=backend)
+    ref, cls = _reference_model("llama")
+    ref.save_pretrained(tmp_path)
+    ours = cls.from_pretrained(tmp_path)
+    stopped = 0
+    for seed in range(12):
+        ids = torch.randint(3, backend.get_vocab_size(), (2, 5), generator=torch.Generator().manual_seed(seed))
+        for stop in (["at", "on"], "\n\n", [" the", "stop"], "e "):
+            kw = dict(max_new_tokens=12, stop_strings=stop, eos_token_id=2, pad_token_id=0)
+            expected = ref.generate(ids, attention_mask=torch.ones_like(ids), tokenizer=ref_tok, **kw)
+            got = ours.generate(ids, tokenizer=ref_tok, **kw)
+            assert torch.equal(got, expected), (seed, stop)
+            assert torch.equal(ours.generate(ids, tokenizer=backend, **kw), expected)  # a bare `tokenizers` one
+            stopped += expected.shape[1] < ids.shape[1] + 12
+    assert stopped >= 3  # the stop strings did end some generations early
 
 
 # ---- processors against the reference's ----------------------------------------------------------------------

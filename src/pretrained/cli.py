@@ -1,6 +1,7 @@
 """The `pretrained` command.
 
-    pretrained demo [--dir DIR]        build a tiny Llama, save it sharded, load it back, check the round trip
+    pretrained demo [--dir DIR]        build a tiny Llama, save it sharded, load it back, check the round trip,
+                                       then generate 8 tokens greedily with the loaded model
     pretrained inspect PATH [--json]   what a checkpoint holds, read from its headers, index and config only
     pretrained plan PATH [--max-memory 0=20GiB ...] [--dtype D] [--strategy S] [--json]
                                        the device map a checkpoint would get, from its config alone
@@ -25,6 +26,7 @@ from typing import Any
 from .errors import (CheckpointError, CheckpointNotFoundError, CorruptCheckpointError, PretrainedError,  # no torch
                      UnknownModelTypeError)
 
+DEMO_NEW_TOKENS = 8  # the demo's short greedy generate on the loaded model
 DEMO_SHARD_SIZE = 500_000  # bytes: cuts the demo model (1.7 MB in bfloat16) into 4 shards
 DEMO_TOKENS = [1, 17, 42, 256, 7, 511, 99, 3]
 SETTINGS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
@@ -86,6 +88,9 @@ def demo(args: argparse.Namespace) -> int:
     ids = torch.tensor([DEMO_TOKENS])
     with torch.inference_mode():
         expected, logits = model(ids).logits, loaded(ids).logits
+    start = time.perf_counter()
+    generated = loaded.generate(ids, max_new_tokens=DEMO_NEW_TOKENS, do_sample=False)[0, ids.shape[1]:]
+    generate_time = time.perf_counter() - start
     print()
     _fields([
         ("shards", len(weights)),
@@ -97,6 +102,8 @@ def demo(args: argparse.Namespace) -> int:
         ("forward", f"input {list(ids.shape)} -> logits {list(logits.shape)} {str(logits.dtype)[6:]}"),
         ("next token", int(logits[0, -1].argmax())),
         ("checksum", f"{logits.float().sum().item():.6f} (sum of logits)"),
+        ("generate", f"{generated.tolist()} (greedy, {generated.numel()} new tokens, "
+                     f"{generated.numel() / generate_time:.1f} tokens/s)"),
     ])
     if torch.equal(expected, logits) and loaded.dtype == model.dtype:
         print("\nround trip: identical")
@@ -354,7 +361,7 @@ def generate(args: argparse.Namespace) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pretrained", description="Load, save and inspect pretrained checkpoints.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p = commands.add_parser("demo", help="build a tiny Llama, save it sharded, load it back (no network)")
+    p = commands.add_parser("demo", help="build a tiny Llama, save it sharded, load it back, generate 8 tokens (no network)")
     p.add_argument("--dir", help="save the checkpoint here and keep it (default: a temporary folder)")
     p.set_defaults(run=demo)
     p = commands.add_parser("inspect", help="summarise a checkpoint from its headers, index and config")

@@ -65,13 +65,16 @@ class GenerationMixin:
     @torch.no_grad()
     def generate(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                  generation_config: GenerationConfig | None = None, streamer=None,
-                 generator: torch.Generator | None = None, **overrides: Any) -> torch.LongTensor:
+                 generator: torch.Generator | None = None, tokenizer: Any = None,
+                 **overrides: Any) -> torch.LongTensor:
         """Continue `input_ids` (B, S); returns (B x num_return_sequences, S') token ids, prompt included for
         decoder-only models and `decoder_start_token_id` first for encoder-decoders.
 
         `generation_config` (default: the model's own) is copied and `overrides` (any of its fields, e.g.
         `max_new_tokens=20, do_sample=True, top_p=0.9`) applied to the copy. `generator` seeds sampling.
         `streamer` gets `put(tokens)` with the prompt, then each new token (one per row), and `end()`.
+        `stop_strings` (a string or list of strings) stop a row once its text ends with one of them, the match
+        overlapping the last token (as the reference's StopStringCriteria); they need `tokenizer=` to read tokens.
         """
         if not self.can_generate():
             raise TypeError(f"{type(self).__name__} cannot generate: it has no language-model head. Use a class "
@@ -83,7 +86,7 @@ class GenerationMixin:
         base = generation_config or getattr(self, "generation_config", None) \
             or GenerationConfig.from_model_config(self.config)
         config = base.copy(**overrides)
-        for name, why in (("stop_strings", "stop strings"), ("return_dict_in_generate", "dict outputs"),
+        for name, why in (("return_dict_in_generate", "dict outputs"),
                           ("output_scores", "returned scores")):
             if config.get(name):
                 raise NotImplementedError(f"generate(): {why} ({name}) are not supported yet.")
@@ -128,6 +131,15 @@ class GenerationMixin:
             static = StaticCache(max_cache_len=max_length)
             decoder.cache = EncoderDecoderCache(static, DynamicCache()) if encoder_decoder else static
         processors = lp.processors_for(config, prompt_length, prompt_ignore, beams=beams > 1)
+        stops = None
+        if config.get("stop_strings"):
+            if tokenizer is None:
+                raise ValueError("generate(): stop_strings need the model's tokenizer to read the generated tokens: "
+                                 "pass it as generate(..., stop_strings=[...], tokenizer=tokenizer).")
+            if beams > 1:
+                raise NotImplementedError("generate(): stop_strings with beam search (num_beams > 1) are not "
+                                          "supported yet.")
+            stops = _StopStrings(config.get("stop_strings"), tokenizer)
         if beams > 1:
             if streamer is not None:
                 raise ValueError("generate(): a streamer cannot follow beam search (num_beams > 1).")
@@ -135,14 +147,65 @@ class GenerationMixin:
                                 beams, sample, generator)
         if streamer is not None:
             streamer.put(ids.cpu())
-        return _decode(decoder, ids, processors, sample, eos, pad, max_length, streamer, generator)
+        return _decode(decoder, ids, processors, sample, eos, pad, max_length, streamer, generator, stops)
 
     def get_encoder(self):
         return getattr(self, "encoder")
 
 
+class _StopStrings:
+    """Which rows end with a stop string. As the reference's StopStringCriteria, a row matches when a stop string
+    occurs in the text of its tokens (each token's own text, prompt included) and overlaps its last token: it may
+    overhang the last token's end, but removing the last token must break it."""
+
+    PREFIX = "abcdef"  # decoded in front of each token, so that leading spaces and word-start markers survive
+
+    def __init__(self, stop_strings: str | list[str], tokenizer: Any) -> None:
+        self.strings = [stop_strings] if isinstance(stop_strings, str) else list(stop_strings)
+        if not self.strings or not all(isinstance(s, str) and s for s in self.strings):
+            raise ValueError(f"generate(): stop_strings={stop_strings!r} must be a non-empty string or list of them.")
+        self.tokenizer, self.texts = tokenizer, {}
+        self.window = max(len(s) for s in self.strings)  # tokens: each non-empty token holds one character or more
+        encoded = self._encode(self.PREFIX)
+        self.prefix_ids = encoded if self._decode(encoded) == self.PREFIX else None
+
+    def _encode(self, text: str) -> list[int]:
+        try:
+            out = self.tokenizer.encode(text, add_special_tokens=False)
+        except TypeError:  # a `tokenizers.Tokenizer` has no add_special_tokens keyword of that name
+            out = self.tokenizer.encode(text)
+        return list(getattr(out, "ids", out))
+
+    def _decode(self, ids: list[int]) -> str:
+        try:
+            return self.tokenizer.decode(ids, skip_special_tokens=False)
+        except TypeError:
+            return self.tokenizer.decode(ids)
+
+    def text(self, token: int) -> str:
+        if token not in self.texts:
+            if self.prefix_ids is not None:
+                full = self._decode(self.prefix_ids + [token])
+                at = full.find(self.PREFIX)
+                self.texts[token] = full[at + len(self.PREFIX):] if at >= 0 else self._decode([token])
+            else:
+                self.texts[token] = self._decode([token])
+        return self.texts[token]
+
+    def __call__(self, ids: torch.Tensor, running: torch.Tensor) -> torch.Tensor:
+        """(N,) bool: the running rows of `ids` (N, S) that now end with a stop string."""
+        hit = torch.zeros_like(running)
+        tails = ids[:, -self.window:].tolist()
+        for row in running.nonzero().flatten().tolist():
+            pieces = [self.text(t) for t in tails[row]]
+            text, last = "".join(pieces), len(pieces[-1])
+            if last and any(s in text[max(0, len(text) - last - len(s) + 1):] for s in self.strings):
+                hit[row] = True
+        return hit
+
+
 def _decode(decoder: _Decoder, ids, processors, sample: bool, eos: list[int], pad, max_length: int, streamer,
-            generator) -> torch.LongTensor:
+            generator, stops: _StopStrings | None = None) -> torch.LongTensor:
     """Greedy decoding or sampling, one token per row per step until every row has hit EOS or max_length."""
     running = torch.ones(ids.shape[0], dtype=torch.bool, device=ids.device)
     eos_t = torch.tensor(eos, device=ids.device)
@@ -160,8 +223,10 @@ def _decode(decoder: _Decoder, ids, processors, sample: bool, eos: list[int], pa
                 streamer.put(nxt.cpu())
             if eos:
                 running &= ~torch.isin(nxt, eos_t)
-                if not bool(running.any()):
-                    break
+            if stops is not None:
+                running &= ~stops(ids, running)
+            if (eos or stops is not None) and not bool(running.any()):
+                break
     finally:
         if streamer is not None:
             streamer.end()
