@@ -28,7 +28,25 @@ def _ids(value: Any) -> list[int]:
     return [int(x) for x in t.reshape(-1).tolist()]
 
 
-class TokenStreamer:
+class _Stream:
+    """What both streamers share: the first `put` is the prompt (dropped with `skip_prompt`); ids are collected."""
+
+    skip_prompt: bool
+    tokens: list[int]
+    _prompt_seen: bool
+
+    def _accept(self, value: Any) -> list[int] | None:
+        """The new ids of `value`, appended to `tokens`; None for a skipped prompt."""
+        ids = _ids(value)
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            if self.skip_prompt:
+                return None
+        self.tokens.extend(ids)
+        return ids
+
+
+class TokenStreamer(_Stream):
     """Token ids as they come: `callback(ids)` per step, and/or iterate the streamer (it blocks until the next
     tokens or the end; `timeout` seconds at most per wait, then `queue.Empty`)."""
 
@@ -40,12 +58,9 @@ class TokenStreamer:
         self._prompt_seen = False
 
     def put(self, value: Any) -> None:
-        ids = _ids(value)
-        if not self._prompt_seen:
-            self._prompt_seen = True
-            if self.skip_prompt:
-                return
-        self.tokens.extend(ids)
+        ids = self._accept(value)
+        if ids is None:
+            return
         if self.callback is not None:
             self.callback(ids)
         self.queue.put(ids)
@@ -61,7 +76,7 @@ class TokenStreamer:
             yield item
 
 
-class TextStreamer:
+class TextStreamer(_Stream):
     """Decodes the stream with `tokenizer` and writes text to `file` (stdout) as words complete: up to the last
     space, or everything at a newline or at the end. `on_text(text, final)` replaces the printing if given."""
 
@@ -77,12 +92,8 @@ class TextStreamer:
         return self.tokenizer.decode(self.tokens, **self.decode_kwargs)
 
     def put(self, value: Any) -> None:
-        ids = _ids(value)
-        if not self._prompt_seen:
-            self._prompt_seen = True
-            if self.skip_prompt:
-                return
-        self.tokens.extend(ids)
+        if self._accept(value) is None:
+            return
         text = self._decode()
         if text.endswith("\n"):
             chunk, self.tokens, self.printed = text[self.printed:], [], 0
