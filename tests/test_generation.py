@@ -148,6 +148,125 @@ def test_streamer_gets_prompt_then_each_token(pair):
     assert sum(list(streamer), []) == out[0].tolist()  # the queue ends after the last token
 
 
+# ---- return_dict_in_generate ---------------------------------------------------------------------------------
+DICT_CASES = {
+    "greedy": dict(max_new_tokens=8),
+    "greedy_eos_penalties": dict(max_new_tokens=8, eos_token_id=[2, 5], repetition_penalty=1.5,
+                                 no_repeat_ngram_size=2),  # processed scores differ from the raw logits
+    "beam": dict(max_new_tokens=8, num_beams=3),
+    "beam_returns_eos": dict(max_new_tokens=8, num_beams=3, num_return_sequences=2, length_penalty=0.5,
+                             repetition_penalty=1.3),  # EOS: tokens the beams pick, so that hypotheses end early
+}
+
+
+def _self_keys(cache):
+    """Layer 0's cached self-attention keys, from either library's cache."""
+    cache = getattr(cache, "self_attention_cache", cache)
+    return cache.layers[0].keys if hasattr(cache, "layers") else cache.keys[0]
+
+
+def _same_steps(expected, actual, what):
+    assert isinstance(actual, tuple) and len(actual) == len(expected), what
+    for step, (e, a) in enumerate(zip(expected, actual)):
+        assert a.shape == e.shape and a.dtype == e.dtype, (what, step)
+        torch.testing.assert_close(a, e, atol=1e-5, rtol=0, msg=f"{what}[{step}]")
+
+
+@pytest.mark.parametrize("case", list(DICT_CASES))
+def test_dict_outputs_match_the_reference(pair, case):
+    ref, ours, _ = pair
+    ids, mask = _prompts()
+    kw = dict(DICT_CASES[case], return_dict_in_generate=True, output_scores=True, output_logits=True)
+    if case == "beam_returns_eos":
+        free = ours.generate(ids, attention_mask=mask, **dict(DICT_CASES[case], eos_token_id=None))
+        start = 1 if ours.config.is_encoder_decoder else ids.shape[1]
+        kw.update(eos_token_id=[int(free[0, start + 2]), int(free[2, start + 4])], pad_token_id=0)
+    expected = ref.generate(ids, attention_mask=mask, **kw)
+    actual = ours.generate(ids, attention_mask=mask, **kw)
+    assert type(actual).__name__ == type(expected).__name__
+    assert list(actual.keys()) == list(expected.keys())
+    assert torch.equal(actual.sequences, expected.sequences)
+    _same_steps(expected.scores, actual.scores, "scores")
+    _same_steps(expected.logits, actual.logits, "logits")
+    if kw.get("num_beams", 1) > 1:
+        assert actual.sequences_scores.shape == (ids.shape[0] * kw.get("num_return_sequences", 1),)
+        torch.testing.assert_close(actual.sequences_scores, expected.sequences_scores, atol=1e-5, rtol=0)
+        assert actual.beam_indices.dtype == expected.beam_indices.dtype  # int32, -1 past a hypothesis' end
+        assert torch.equal(actual.beam_indices, expected.beam_indices)
+        if case == "beam_returns_eos":  # hypotheses of different lengths: the shorter ones padded with -1
+            assert bool((actual.beam_indices == -1).any())
+    # the cache comes back, as long as the sequences (less the last token) and in the same beam order; keys at
+    # prompt padding are never attended to, so only real positions are compared
+    assert actual.past_key_values.get_seq_length() == expected.past_key_values.get_seq_length()
+    ours_keys, ref_keys = _self_keys(actual.past_key_values), _self_keys(expected.past_key_values)
+    real = torch.ones(ours_keys.shape[0], ours_keys.shape[2], dtype=torch.bool)
+    if not ours.config.is_encoder_decoder:
+        real[:, :ids.shape[1]] = mask.bool().repeat_interleave(ours_keys.shape[0] // ids.shape[0], dim=0)
+    torch.testing.assert_close(ours_keys.transpose(1, 2)[real], ref_keys.transpose(1, 2)[real], atol=1e-5, rtol=0)
+    # tuple access skips what was not asked for
+    assert actual[0] is actual.sequences and actual["scores"] is actual.scores and "attentions" not in actual
+    assert len(actual) == len(expected)
+
+
+def test_dict_outputs_only_what_is_asked(pair):
+    ref, ours, _ = pair
+    ids, mask = _prompts()
+    for kw in (dict(), dict(output_logits=True), dict(num_beams=2), dict(num_beams=2, output_logits=True)):
+        kw = dict(kw, max_new_tokens=4, return_dict_in_generate=True)
+        expected = ref.generate(ids, attention_mask=mask, **kw)
+        actual = ours.generate(ids, attention_mask=mask, **kw)
+        assert list(actual.keys()) == list(expected.keys()), kw  # beam_indices always, sequences_scores not
+        assert torch.equal(actual.sequences, expected.sequences)
+    plain = ours.generate(ids, attention_mask=mask, max_new_tokens=4)
+    as_dict = ours.generate(ids, attention_mask=mask, max_new_tokens=4, return_dict_in_generate=True)
+    assert isinstance(plain, torch.Tensor) and torch.equal(plain, as_dict.sequences)
+    with pytest.warns(UserWarning, match="output_scores.*return_dict_in_generate=True"):
+        ignored = ours.generate(ids, attention_mask=mask, max_new_tokens=4, output_scores=True)
+    assert isinstance(ignored, torch.Tensor) and torch.equal(ignored, plain)  # a tensor, as the reference
+
+
+@pytest.mark.parametrize("kind", ["llama", "t5"])
+def test_dict_attentions_and_hidden_states_match_the_reference(kind, tmp_path):
+    ref, auto = _reference_model(kind)
+    ref.save_pretrained(tmp_path)
+    ref = type(ref).from_pretrained(tmp_path, attn_implementation="eager").eval()  # sdpa keeps no weights
+    ours = auto.from_pretrained(tmp_path)
+    ids = torch.randint(3, V, (2, 6), generator=torch.Generator().manual_seed(4))  # no padding
+    for extra in (dict(), dict(num_beams=2)):
+        kw = dict(extra, max_new_tokens=4, return_dict_in_generate=True, output_attentions=True,
+                  output_hidden_states=True)
+        expected = ref.generate(ids, **kw)
+        actual = ours.generate(ids, **kw)
+        assert list(actual.keys()) == list(expected.keys())
+        assert torch.equal(actual.sequences, expected.sequences)
+        per_step = [k for k in actual.keys() if k.endswith(("attentions", "hidden_states"))
+                    and not k.startswith("encoder")]
+        assert len(per_step) == (3 if kind == "t5" else 2)
+        for key in per_step:
+            assert len(actual[key]) == len(expected[key]) == actual.sequences.shape[1] - (1 if kind == "t5" else 6)
+            for step, (e, a) in enumerate(zip(expected[key], actual[key])):
+                _same_steps(e, a, f"{key}[{step}]")
+        if kind == "t5":  # the encoder's, once, not repeated for beams
+            _same_steps(expected.encoder_attentions, actual.encoder_attentions, "encoder_attentions")
+            _same_steps(expected.encoder_hidden_states, actual.encoder_hidden_states, "encoder_hidden_states")
+            assert actual.encoder_attentions[0].shape[0] == ids.shape[0]
+
+
+def test_dict_output_classes_are_exported_with_the_reference_fields():
+    import dataclasses
+
+    import transformers.generation.utils as ref_utils
+
+    import pretrained.generation as generation
+
+    for name in ("GenerateDecoderOnlyOutput", "GenerateEncoderDecoderOutput", "GenerateBeamDecoderOnlyOutput",
+                 "GenerateBeamEncoderDecoderOutput"):
+        ours = getattr(pretrained, name)
+        assert ours is getattr(generation, name) and name in pretrained.__all__
+        assert [f.name for f in dataclasses.fields(ours)] == [f.name for f in dataclasses.fields(getattr(ref_utils,
+                                                                                                         name))]
+
+
 # ---- facts, config files, errors -----------------------------------------------------------------------------
 def test_can_generate_only_for_generative_classes():
     assert pretrained.LlamaForCausalLM.can_generate() and pretrained.GPT2LMHeadModel.can_generate()
@@ -207,7 +326,8 @@ def test_legacy_generation_fields_in_config_json(tmp_path):
 @pytest.mark.parametrize("field, value", [("temperature", 0.0), ("top_p", 1.5), ("num_beams", 0),
                                           ("max_new_tokens", -1), ("min_p", 2.0), ("do_sample", "yes"),
                                           ("cache_implementation", "paged"), ("early_stopping", "soon"),
-                                          ("eos_token_id", "2")])
+                                          ("eos_token_id", "2"), ("output_logits", 1),
+                                          ("return_dict_in_generate", "yes")])
 def test_invalid_field_is_named(field, value):
     with pytest.raises(ConfigError, match=field):
         GenerationConfig(**{field: value})
@@ -274,6 +394,34 @@ def test_stop_strings_match_the_reference(tmp_path):
             assert torch.equal(ours.generate(ids, tokenizer=backend, **kw), expected)  # a bare `tokenizers` one
             stopped += expected.shape[1] < ids.shape[1] + 12
     assert stopped >= 3  # the stop strings did end some generations early
+
+
+def test_stop_strings_with_beam_search_match_the_reference(tmp_path):
+    """A candidate whose tokens end with a stop string is a finished hypothesis, as one that ends with EOS."""
+    from transformers import PreTrainedTokenizerFast
+
+    backend = _byte_level_tokenizer()
+    ref_tok = PreTrainedTokenizerFast(tokenizer_object=backend)
+    ref, cls = _reference_model("llama")
+    ref.save_pretrained(tmp_path)
+    ours = cls.from_pretrained(tmp_path)
+    changed = 0
+    for seed in range(6):
+        ids = torch.randint(3, V, (2, 5), generator=torch.Generator().manual_seed(seed))
+        for stop in (["at", "on"], "\n\n", [" the", "stop"], "e "):
+            kw = dict(max_new_tokens=10, eos_token_id=2, pad_token_id=0, num_beams=3, num_return_sequences=2,
+                      return_dict_in_generate=True, output_scores=True)
+            expected = ref.generate(ids, attention_mask=torch.ones_like(ids), tokenizer=ref_tok, stop_strings=stop,
+                                    **kw)
+            for tokenizer in (ref_tok, backend):
+                got = ours.generate(ids, tokenizer=tokenizer, stop_strings=stop, **kw)
+                assert torch.equal(got.sequences, expected.sequences), (seed, stop)
+                torch.testing.assert_close(got.sequences_scores, expected.sequences_scores, atol=1e-5, rtol=0)
+                assert torch.equal(got.beam_indices, expected.beam_indices)
+            free = ours.generate(ids, **kw)
+            changed += not torch.equal(free.sequences, expected.sequences) if free.sequences.shape == \
+                expected.sequences.shape else 1
+    assert changed >= 5  # the stop strings did finish hypotheses
 
 
 # ---- processors against the reference's ----------------------------------------------------------------------

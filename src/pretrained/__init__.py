@@ -23,6 +23,8 @@ _EXPORTS = {
     "DynamicCache": "generation.cache", "EncoderDecoderCache": "generation.cache",
     "GenerationConfig": "generation.config", "GenerationMixin": "generation.loop",
     "TextStreamer": "generation.streamers", "TokenStreamer": "generation.streamers",
+    "GenerateDecoderOnlyOutput": "generation.outputs", "GenerateEncoderDecoderOutput": "generation.outputs",
+    "GenerateBeamDecoderOnlyOutput": "generation.outputs", "GenerateBeamEncoderDecoderOutput": "generation.outputs",
     "errors": None,
 }
 

@@ -21,7 +21,7 @@ DEFAULTS: dict[str, Any] = {
     "top_k": 50, "top_p": 1.0, "min_p": None, "repetition_penalty": 1.0, "length_penalty": 1.0,
     "no_repeat_ngram_size": 0, "num_return_sequences": 1, "stop_strings": None, "pad_token_id": None,
     "bos_token_id": None, "eos_token_id": None, "decoder_start_token_id": None, "output_attentions": False,
-    "output_hidden_states": False, "output_scores": False, "return_dict_in_generate": False,
+    "output_hidden_states": False, "output_scores": False, "output_logits": False, "return_dict_in_generate": False,
 }
 FIELDS = tuple(DEFAULTS)
 # generation fields a model's config.json may still carry (older checkpoints), taken over when no
@@ -81,7 +81,7 @@ class GenerationConfig:
                           ("num_return_sequences", 1)):
             check_int(name, low)
         for name in ("do_sample", "use_cache", "output_attentions", "output_hidden_states", "output_scores",
-                     "return_dict_in_generate"):
+                     "output_logits", "return_dict_in_generate"):
             v = getattr(self, name)
             if v is not None and not isinstance(v, bool):
                 raise bad(name, "it must be True or False")

@@ -9,6 +9,7 @@ sum), as the reference computes them. Encoder-decoders run the encoder once and 
 from __future__ import annotations
 
 import inspect
+import warnings
 from typing import Any
 
 import torch
@@ -17,6 +18,10 @@ from ..errors import ConfigError
 from . import logits as lp
 from .cache import DynamicCache, EncoderDecoderCache, StaticCache
 from .config import GenerationConfig
+from .outputs import (GenerateBeamDecoderOnlyOutput, GenerateBeamEncoderDecoderOutput, GenerateDecoderOnlyOutput,
+                      GenerateEncoderDecoderOutput)
+
+_OUTPUT_FLAGS = ("output_scores", "output_logits", "output_attentions", "output_hidden_states")
 
 
 class _Decoder:
@@ -29,6 +34,8 @@ class _Decoder:
         self.cache = None
         params = inspect.signature(model.forward).parameters
         self.keep_one = "logits_to_keep" in params
+        self.flags: dict[str, bool] = {}  # output_attentions / output_hidden_states, set only when they are kept
+        self.step: tuple[Any, Any, Any] | None = None  # the last call's (attentions, cross-attentions, hidden states)
 
     def seen(self) -> int:
         return self.cache.get_seq_length() if self.cache is not None else 0
@@ -47,9 +54,14 @@ class _Decoder:
             kwargs.update(input_ids=ids[:, past:], attention_mask=self.mask, position_ids=positions[:, past:])
             if self.keep_one:
                 kwargs["logits_to_keep"] = 1
-        out = self.model(**kwargs)
+        out = self.model(**kwargs, **self.flags)
         if self.use_cache:
             self.cache = out.past_key_values
+        if self.flags:
+            if self.encoder is not None:
+                self.step = (out.decoder_attentions, out.cross_attentions, out.decoder_hidden_states)
+            else:
+                self.step = (out.attentions, None, out.hidden_states)
         return out.logits[:, -1, :].to(dtype=torch.float32, copy=True)
 
     def reorder(self, rows: torch.Tensor) -> None:
@@ -59,6 +71,64 @@ class _Decoder:
             self.mask = self.mask.index_select(0, rows.to(self.mask.device))
 
 
+class _Record:
+    """What `return_dict_in_generate=True` keeps, one entry per step: only the lists the config asks for exist, and
+    generate() builds none of this unless asked (plain generate() records nothing)."""
+
+    def __init__(self, config: GenerationConfig, encoder_decoder: bool) -> None:
+        g = config.get
+        self.encoder_decoder = encoder_decoder
+        self.scores = [] if g("output_scores") else None
+        self.logits = [] if g("output_logits") else None
+        self.attentions = [] if g("output_attentions") else None
+        self.cross_attentions = [] if g("output_attentions") and encoder_decoder else None
+        self.hidden_states = [] if g("output_hidden_states") else None
+        self.sequences_scores: torch.Tensor | None = None  # beam search: set at the end
+        self.beam_indices: torch.Tensor | None = None
+
+    def flags(self) -> dict[str, bool]:
+        """The forward() flags the model must be called with."""
+        out = {}
+        if self.attentions is not None:
+            out["output_attentions"] = True
+        if self.hidden_states is not None:
+            out["output_hidden_states"] = True
+        return out
+
+    def add(self, decoder: _Decoder, logits: torch.Tensor, scores: torch.Tensor) -> None:
+        """One step: the raw `logits` (N, V), the processed `scores` (N, V), the decoder's attentions and states."""
+        if self.scores is not None:
+            self.scores.append(scores)
+        if self.logits is not None:
+            self.logits.append(logits)
+        if decoder.step is not None:
+            attentions, cross, hidden = decoder.step
+            if self.attentions is not None:
+                self.attentions.append(attentions)
+            if self.cross_attentions is not None:
+                self.cross_attentions.append(cross)
+            if self.hidden_states is not None:
+                self.hidden_states.append(hidden)
+
+    def output(self, sequences: torch.Tensor, cache: Any, encoder: Any, beam: bool):
+        def steps(kept):
+            return tuple(kept) if kept is not None else None
+
+        common = dict(sequences=sequences, scores=steps(self.scores), logits=steps(self.logits),
+                      past_key_values=cache)
+        if beam:
+            common.update(sequences_scores=self.sequences_scores if self.scores is not None else None,
+                          beam_indices=self.beam_indices)
+        if self.encoder_decoder:
+            cls = GenerateBeamEncoderDecoderOutput if beam else GenerateEncoderDecoderOutput
+            return cls(**common, encoder_attentions=encoder.attentions if self.attentions is not None else None,
+                       encoder_hidden_states=encoder.hidden_states if self.hidden_states is not None else None,
+                       decoder_attentions=steps(self.attentions), cross_attentions=steps(self.cross_attentions),
+                       decoder_hidden_states=steps(self.hidden_states))
+        cls = GenerateBeamDecoderOnlyOutput if beam else GenerateDecoderOnlyOutput
+        return cls(**common, attentions=steps(self.attentions), hidden_states=steps(self.hidden_states))
+
+
 class GenerationMixin:
     """`generate` for the classes whose facts say they can generate (`can_generate()`)."""
 
@@ -66,9 +136,14 @@ class GenerationMixin:
     def generate(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                  generation_config: GenerationConfig | None = None, streamer=None,
                  generator: torch.Generator | None = None, tokenizer: Any = None,
-                 **overrides: Any) -> torch.LongTensor:
+                 **overrides: Any):
         """Continue `input_ids` (B, S); returns (B x num_return_sequences, S') token ids, prompt included for
         decoder-only models and `decoder_start_token_id` first for encoder-decoders.
+
+        With `return_dict_in_generate=True` it returns an output dataclass instead (see `generation.outputs`):
+        `GenerateDecoderOnlyOutput` / `GenerateEncoderDecoderOutput`, or their `GenerateBeam...` forms for beam
+        search, holding `sequences`, the cache (`past_key_values`) and what `output_scores`, `output_logits`,
+        `output_attentions` and `output_hidden_states` ask for, one entry per step.
 
         `generation_config` (default: the model's own) is copied and `overrides` (any of its fields, e.g.
         `max_new_tokens=20, do_sample=True, top_p=0.9`) applied to the copy. `generator` seeds sampling.
@@ -86,10 +161,14 @@ class GenerationMixin:
         base = generation_config or getattr(self, "generation_config", None) \
             or GenerationConfig.from_model_config(self.config)
         config = base.copy(**overrides)
-        for name, why in (("return_dict_in_generate", "dict outputs"),
-                          ("output_scores", "returned scores")):
-            if config.get(name):
-                raise NotImplementedError(f"generate(): {why} ({name}) are not supported yet.")
+        record = None
+        encoder_decoder = bool(getattr(self.config, "is_encoder_decoder", False))
+        if config.get("return_dict_in_generate"):
+            record = _Record(config, encoder_decoder)
+        elif any(config.get(name) for name in _OUTPUT_FLAGS):
+            asked = ", ".join(name for name in _OUTPUT_FLAGS if config.get(name))
+            warnings.warn(f"generate(): {asked} is ignored unless return_dict_in_generate=True (then generate() "
+                          "returns an output object holding it).", UserWarning, stacklevel=3)
         device = next(self.parameters()).device
         input_ids = input_ids.to(device)
         if input_ids.dim() == 1:
@@ -98,13 +177,16 @@ class GenerationMixin:
         pad = config.pad_token_id if config.pad_token_id is not None else (eos[0] if eos else None)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-            if pad is not None and pad not in eos and bool((input_ids == pad).any()):
+            # inferred from padding for decoder-only models only, as the reference does (an encoder-decoder's
+            # prompt is read whole unless a mask is given)
+            if pad is not None and pad not in eos and not encoder_decoder and bool((input_ids == pad).any()):
                 attention_mask = input_ids.ne(pad).long()
         attention_mask = attention_mask.to(device)
 
         beams, sample = config.get("num_beams"), config.get("do_sample")
         expand = beams if beams > 1 else config.get("num_return_sequences")
-        encoder_decoder = bool(getattr(self.config, "is_encoder_decoder", False))
+        flags = record.flags() if record is not None else {}
+        encoder = None
         if encoder_decoder:
             start = config.decoder_start_token_id
             if start is None:
@@ -114,7 +196,8 @@ class GenerationMixin:
             if start is None:
                 raise ConfigError("GenerationConfig.decoder_start_token_id=None is invalid: an encoder-decoder "
                                   "needs the token its decoder starts from.")
-            encoder = self.get_encoder()(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+            encoder = self.get_encoder()(input_ids=input_ids, attention_mask=attention_mask, return_dict=True,
+                                         **flags)
             encoder.last_hidden_state = encoder.last_hidden_state.repeat_interleave(expand, dim=0)
             decoder = _Decoder(self, attention_mask.repeat_interleave(expand, dim=0), config.get("use_cache"),
                                encoder, attention_mask.repeat_interleave(expand, dim=0))
@@ -124,6 +207,7 @@ class GenerationMixin:
             ids = input_ids.repeat_interleave(expand, dim=0)
             decoder = _Decoder(self, attention_mask.repeat_interleave(expand, dim=0), config.get("use_cache"))
             prompt_ignore = attention_mask == 0
+        decoder.flags = flags
         prompt_length = ids.shape[1]
         max_length = (config.max_new_tokens + prompt_length if config.max_new_tokens is not None
                       else config.get("max_length"))
@@ -136,18 +220,19 @@ class GenerationMixin:
             if tokenizer is None:
                 raise ValueError("generate(): stop_strings need the model's tokenizer to read the generated tokens: "
                                  "pass it as generate(..., stop_strings=[...], tokenizer=tokenizer).")
-            if beams > 1:
-                raise NotImplementedError("generate(): stop_strings with beam search (num_beams > 1) are not "
-                                          "supported yet.")
             stops = _StopStrings(config.get("stop_strings"), tokenizer)
         if beams > 1:
             if streamer is not None:
                 raise ValueError("generate(): a streamer cannot follow beam search (num_beams > 1).")
-            return _beam_search(decoder, ids, processors, config, eos, pad, max_length, input_ids.shape[0],
-                                beams, sample, generator)
-        if streamer is not None:
-            streamer.put(ids.cpu())
-        return _decode(decoder, ids, processors, sample, eos, pad, max_length, streamer, generator, stops)
+            ids = _beam_search(decoder, ids, processors, config, eos, pad, max_length, input_ids.shape[0],
+                               beams, sample, generator, stops, record)
+        else:
+            if streamer is not None:
+                streamer.put(ids.cpu())
+            ids = _decode(decoder, ids, processors, sample, eos, pad, max_length, streamer, generator, stops, record)
+        if record is None:
+            return ids
+        return record.output(ids, decoder.cache, encoder, beam=beams > 1)
 
     def get_encoder(self):
         return getattr(self, "encoder")
@@ -205,13 +290,16 @@ class _StopStrings:
 
 
 def _decode(decoder: _Decoder, ids, processors, sample: bool, eos: list[int], pad, max_length: int, streamer,
-            generator, stops: _StopStrings | None = None) -> torch.LongTensor:
+            generator, stops: _StopStrings | None = None, record: _Record | None = None) -> torch.LongTensor:
     """Greedy decoding or sampling, one token per row per step until every row has hit EOS or max_length."""
     running = torch.ones(ids.shape[0], dtype=torch.bool, device=ids.device)
     eos_t = torch.tensor(eos, device=ids.device)
     try:
         while ids.shape[1] < max_length:
-            scores = lp.apply(processors, ids, decoder(ids))
+            logits = decoder(ids)
+            scores = lp.apply(processors, ids, logits)
+            if record is not None:
+                record.add(decoder, logits, scores)
             if sample:
                 nxt = torch.multinomial(scores.softmax(dim=-1), 1, generator=generator).squeeze(1)
             else:
@@ -234,9 +322,14 @@ def _decode(decoder: _Decoder, ids, processors, sample: bool, eos: list[int], pa
 
 
 def _beam_search(decoder: _Decoder, ids, processors, config: GenerationConfig, eos: list[int], pad,
-                 max_length: int, batch: int, beams: int, sample: bool, generator) -> torch.LongTensor:
+                 max_length: int, batch: int, beams: int, sample: bool, generator,
+                 stop_strings: _StopStrings | None = None, record: _Record | None = None) -> torch.LongTensor:
     """Vectorised beam search as the reference runs it: 2 x beams candidates per step (more with several EOS),
-    finished hypotheses scored by sum of log-probabilities / generated_length ** length_penalty."""
+    finished hypotheses scored by sum of log-probabilities / generated_length ** length_penalty.
+
+    A candidate stops (and becomes a finished hypothesis if it is among the best `beams`) on EOS, at max_length, or
+    when its tokens end with a stop string. With `record`, the beam each generated token came from is tracked
+    (as a flat row index, -1 past a hypothesis' end) and kept with the final scores in `record`."""
     length_penalty, early_stopping = config.get("length_penalty"), config.get("early_stopping")
     returned = config.get("num_return_sequences")
     if returned > beams:
@@ -259,6 +352,10 @@ def _beam_search(decoder: _Decoder, ids, processors, config: GenerationConfig, e
     running_len = torch.zeros(batch, beams, dtype=torch.long, device=device)  # tokens generated per beam
     finished_len = torch.zeros(batch, beams, dtype=torch.long, device=device)
     top_mask = torch.arange(keep, device=device) < beams
+    row_offset = torch.arange(batch, device=device)[:, None] * beams
+    if record is not None:  # the reference's beam_indices: int32, -1 where nothing was generated
+        running_from = torch.full((batch, beams, max_length - prompt), -1, dtype=torch.int32, device=device)
+        finished_from = running_from.clone()
 
     def gather(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         idx = idx.view(*idx.shape, *([1] * (t.dim() - idx.dim()))).expand(*idx.shape, *t.shape[idx.dim():])
@@ -267,8 +364,10 @@ def _beam_search(decoder: _Decoder, ids, processors, config: GenerationConfig, e
     cur = prompt
     while True:
         flat = running[:, :, :cur].reshape(batch * beams, cur)
-        log_probs = decoder(flat).log_softmax(dim=-1)
-        log_probs = lp.apply(processors, flat, log_probs)
+        logits = decoder(flat)
+        log_probs = lp.apply(processors, flat, logits.log_softmax(dim=-1))
+        if record is not None:
+            record.add(decoder, logits, log_probs)
         V = log_probs.shape[-1]
         total = (log_probs.view(batch, beams, V) + running_scores[:, :, None]).view(batch, beams * V)
         if sample:
@@ -282,13 +381,21 @@ def _beam_search(decoder: _Decoder, ids, processors, config: GenerationConfig, e
         cand_len = gather(running_len, from_beam) + 1
         stops = torch.zeros_like(token, dtype=torch.bool) if not eos else torch.isin(token, eos_t)
         stops |= cur + 1 >= max_length
+        if stop_strings is not None:
+            texts = cand[:, :, :cur + 1].reshape(batch * keep, cur + 1)
+            stops |= stop_strings(texts, torch.ones(batch * keep, dtype=torch.bool, device=device)).view(batch, keep)
+        if record is not None:
+            cand_from = gather(running_from, from_beam)
+            cand_from[:, :, cur - prompt] = (from_beam + row_offset).to(torch.int32)
 
         # the next running beams: the best candidates that did not just stop
         alive = top_scores + stops.float() * NEG
         nxt = torch.topk(alive, beams).indices
         running, running_scores = gather(cand, nxt), gather(alive, nxt)
         running_len = gather(cand_len, nxt)
-        rows = (gather(from_beam, nxt) + torch.arange(batch, device=device)[:, None] * beams).view(-1)
+        rows = (gather(from_beam, nxt) + row_offset).view(-1)
+        if record is not None:
+            running_from = gather(cand_from, nxt)
 
         # finished hypotheses: merge those that just stopped (among the top `beams`) into the kept ones
         just = stops & top_mask[None, :]
@@ -301,6 +408,8 @@ def _beam_search(decoder: _Decoder, ids, processors, config: GenerationConfig, e
         finished_scores = gather(merged_scores, best)
         finished_len = gather(torch.cat([finished_len, cand_len], dim=1), best)
         done = gather(torch.cat([done, just], dim=1), best)
+        if record is not None:
+            finished_from = gather(torch.cat([finished_from, cand_from], dim=1), best)
 
         decoder.reorder(rows)
         cur += 1
@@ -312,5 +421,9 @@ def _beam_search(decoder: _Decoder, ids, processors, config: GenerationConfig, e
                 and not bool(stops.all())):
             break
 
+    generated = int(finished_len[:, :returned].max())
+    if record is not None:
+        record.sequences_scores = finished_scores[:, :returned].reshape(batch * returned)
+        record.beam_indices = finished_from[:, :returned].reshape(batch * returned, -1)[:, :generated]
     out = finished[:, :returned].reshape(batch * returned, max_length)
-    return out[:, :prompt + int(finished_len[:, :returned].max())]
+    return out[:, :prompt + generated]
