@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .offload import DiskStore
+from .offload import DiskStore, whole_huge_pages
 
 
 def move_to(value: Any, device: torch.device) -> Any:
@@ -81,6 +81,8 @@ class PageInOut(Hook):
         super().__init__(module)
         self.pager = store.pager
         self.ranges = store.pages(list(module.parameters()) + list(module.buffers()))
+        self.releasable = whole_huge_pages(self.ranges)
+        store.settle(self.ranges)
 
     def prefetch(self) -> None:
         self.pager.bring_in(self.ranges)
@@ -92,7 +94,7 @@ class PageInOut(Hook):
         return None
 
     def after(self) -> None:
-        self.pager.hand_back(self.ranges)
+        self.pager.hand_back(self.releasable)
 
 
 class StreamIn(Hook):

@@ -5,6 +5,14 @@ file when the tensor is stored there in the dtype the model wants (no copy at al
 once into `offload_folder`. Pages come in when a block runs and are handed back to the kernel after
 (`madvise`), so resident memory stays near the in-memory part of the model while the page cache keeps
 re-reads cheap.
+
+What makes that cheap is the page size. Where the page cache holds a file in 2 MB folios, the kernel maps each
+of them with one page-table entry: a block's 60 MB come in with 30 faults and go out with 30 entries cleared.
+In 4 KB pages the same costs ~15,000 of each, a third of the forward's time on two cores. So the maps ask for
+huge pages (MADV_HUGEPAGE: what is read from disk arrives in 2 MB folios), releases never cut a 2 MB page
+(that would split its mapping into 512 small ones for good), and `DiskStore.settle` re-reads, once, the disk
+blocks that the page cache holds in small folios (measured: 1B bf16 Llama, 14 blocks on disk, forward 0.147 s
+with small folios and split mappings, 0.115 s after, 0.104 s with the whole model in memory).
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ from ..checkpoint.writer import write_safetensors
 from ..errors import DeviceMapError
 
 _PAGE = mmap.PAGESIZE
+_HUGE = 2 << 20  # the size one page-middle-directory entry maps with 4 KB base pages (x86-64, arm64)
+_MADV_POPULATE_READ = 22  # Linux >= 5.14: map the pages now (reading them if they are not cached)
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 
@@ -47,6 +57,42 @@ def merged(ranges: list[MappedRange]) -> list[MappedRange]:
     return out
 
 
+def whole_huge_pages(ranges: list[MappedRange]) -> list[MappedRange]:
+    """The 2 MB-aligned parts of `ranges`: what can be released without splitting a huge mapping. The cut edges
+    (under 4 MB a range) stay resident; they are usually shared with the neighbouring block anyway."""
+    out = []
+    for r in ranges:
+        first = -(-r.address // _HUGE) * _HUGE
+        end = (r.address + r.length) // _HUGE * _HUGE
+        if end > first:
+            out.append(MappedRange(first, end - first))
+    return out
+
+
+def pmd_mapped_bytes(address: int) -> int | None:
+    """Bytes of the mapping that holds `address` which the kernel maps with 2 MB entries (FilePmdMapped in
+    /proc/self/smaps); None where that cannot be read."""
+    try:
+        with open("/proc/self/smaps") as f:
+            inside = False
+            for line in f:
+                if not inside:
+                    head = line.split(" ", 1)[0]
+                    if "-" in head and ":" not in head:
+                        lo, _, hi = head.partition("-")
+                        try:
+                            inside = int(lo, 16) <= address < int(hi, 16)
+                        except ValueError:
+                            inside = False
+                elif line.startswith("FilePmdMapped:"):
+                    return int(line.split()[1]) * 1024
+                elif "-" in line.split(" ", 1)[0] and ":" not in line.split(" ", 1)[0]:
+                    return None  # the next mapping began: this kernel does not report it
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 class Pager:
     """Page work done off the critical path: one background thread calls madvise (ctypes releases the GIL).
 
@@ -68,6 +114,7 @@ class Pager:
         self.pool.submit(self._advise, ranges, mmap.MADV_WILLNEED)
 
     def hand_back(self, ranges: list[MappedRange]) -> None:
+        """Release `ranges` (already cut to whole huge pages by the caller, see `whole_huge_pages`)."""
         self.releasing.append(self.pool.submit(self._advise, ranges, mmap.MADV_DONTNEED))
 
     def keep_up(self, pending: int = 1) -> None:
@@ -83,6 +130,7 @@ class DiskStore:
 
     offload_folder: str | None = None
     maps: dict[str, mmap.mmap] = field(default_factory=dict)
+    bases: dict[str, int] = field(default_factory=dict)  # path -> address of its map
     ranges: dict[int, MappedRange] = field(default_factory=dict)  # data_ptr -> its pages (a Parameter
     #   wrapping a view shares the view's data pointer, not its id)
     written: list[str] = field(default_factory=list)
@@ -91,7 +139,14 @@ class DiskStore:
     def _map(self, path: str) -> mmap.mmap:
         if path not in self.maps:
             with open(path, "rb") as f:
-                self.maps[path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+            if hasattr(mmap, "MADV_HUGEPAGE"):
+                try:
+                    mm.madvise(mmap.MADV_HUGEPAGE)
+                except OSError:
+                    pass
+            self.maps[path] = mm
+            self.bases[path] = ctypes.addressof(ctypes.c_char.from_buffer(mm))
         return self.maps[path]
 
     def view(self, info: TensorInfo) -> torch.Tensor:
@@ -124,7 +179,38 @@ class DiskStore:
     def pages(self, tensors: list[torch.Tensor]) -> list[MappedRange]:
         return merged([self.ranges[t.data_ptr()] for t in tensors if t.data_ptr() in self.ranges])
 
+    def settle(self, ranges: list[MappedRange]) -> None:
+        """Make one block's disk pages cheap to bring in and hand back: map them once; if the kernel could not map
+        most of them with 2 MB entries (the page cache holds them in small folios, e.g. the file was read with
+        small reads), drop them from the page cache and read them again, which brings them back in 2 MB folios.
+        Pages another process maps are left as they are. Then release them. Nothing changes on disk."""
+        self.pager.keep_up(0)
+        for path, whole in self._by_file(whole_huge_pages(ranges)).items():
+            if any(_libc.madvise(r.address, r.length, _MADV_POPULATE_READ) != 0 for r in whole):
+                return  # an older kernel: nothing to learn, leave the cache as it is
+            mapped = pmd_mapped_bytes(whole[0].address)
+            if mapped is not None and mapped < 0.9 * sum(r.length for r in whole):
+                Pager._advise(whole, mmap.MADV_DONTNEED)
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    for r in whole:
+                        os.posix_fadvise(fd, r.address - self.bases[path], r.length, os.POSIX_FADV_DONTNEED)
+                finally:
+                    os.close(fd)
+                Pager._advise(whole, _MADV_POPULATE_READ)
+            Pager._advise(whole, mmap.MADV_DONTNEED)
+
+    def _by_file(self, ranges: list[MappedRange]) -> dict[str, list[MappedRange]]:
+        out: dict[str, list[MappedRange]] = {}
+        for r in ranges:
+            for path, base in self.bases.items():
+                if base <= r.address < base + len(self.maps[path]):
+                    out.setdefault(path, []).append(r)
+                    break
+        return out
+
     def close(self) -> None:
         self.maps.clear()
+        self.bases.clear()
         self.ranges.clear()
 
