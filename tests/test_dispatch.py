@@ -7,13 +7,23 @@ CUDA tests skip cleanly where no GPU is present.
 
 from __future__ import annotations
 
+import ctypes
+import json
+import mmap
 import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
 
 from pretrained import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from pretrained.checkpoint.reader import read_safetensors_header
+from pretrained.dispatch import offload
 from pretrained.dispatch.hooks import PageInOut, StreamIn, attach_hooks
+from pretrained.dispatch.offload import DiskStore, MappedRange, Pager, pmd_mapped_bytes, whole_huge_pages
 from pretrained.errors import DeviceMapError
 
 LAYERS = 4
@@ -171,3 +181,202 @@ def test_cuda_with_cpu_offload_streams_weights(checkpoint):
     assert "cpu" in model.hf_device_map.values()
     assert any(isinstance(h, StreamIn) for h in model._dispatch_hooks)
     torch.testing.assert_close(logits_of(model, ids.cuda()).cpu(), expected, rtol=2e-2, atol=2e-2)
+
+
+# --- Disk offload and huge pages ---------------------------------------------------------------------------------------
+
+MiB = 1 << 20
+HUGE = 2 * MiB
+linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise, /proc/self/smaps: Linux only")
+
+
+def test_whole_huge_pages_keeps_only_the_aligned_interior():
+    base = 0x7F00_0000_0000  # 2 MB-aligned, like a large mapping's start
+    cases = [
+        (MappedRange(base + 4096, 3 * HUGE), [MappedRange(base + HUGE, 2 * HUGE)]),  # both edges cut
+        (MappedRange(base, 2 * HUGE), [MappedRange(base, 2 * HUGE)]),  # already aligned: unchanged
+        (MappedRange(base, 2 * HUGE + 4096), [MappedRange(base, 2 * HUGE)]),  # only the tail cut
+        (MappedRange(base + HUGE - 4096, HUGE + 8192), [MappedRange(base + HUGE, HUGE)]),  # just one whole page
+        (MappedRange(base + 4096, HUGE - 8192), []),  # smaller than a huge page
+        (MappedRange(base + 4096, HUGE), []),  # huge-page sized but not aligned: no whole 2 MB inside
+        (MappedRange(base + MiB, HUGE + MiB // 2), []),  # 2.5 MB across a boundary, yet no whole 2 MB inside
+    ]
+    for given, expected in cases:
+        assert whole_huge_pages([given]) == expected, given
+    everything = [given for given, _ in cases]
+    assert whole_huge_pages(everything) == [r for _, kept in cases for r in kept]  # order kept, empties dropped
+    assert whole_huge_pages([]) == []
+
+
+def test_disk_offload_releases_only_whole_huge_pages(tmp_path, monkeypatch):
+    """Blocks of a few MB on disk: every release (settle's and the forward's) covers whole, aligned 2 MB pages, so
+    a huge mapping is never split; at least one release really happens; outputs are the in-memory ones."""
+    cfg = LlamaConfig(vocab_size=128, hidden_size=512, intermediate_size=1408, num_hidden_layers=2,
+                      num_attention_heads=8, num_key_value_heads=8)
+    torch.manual_seed(0)
+    LlamaForCausalLM.from_config(cfg, dtype=torch.float32).save_pretrained(tmp_path)
+    ids = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(1))
+    expected = logits_of(AutoModelForCausalLM.from_pretrained(tmp_path), ids)
+
+    calls = []
+    advise = Pager._advise
+
+    def spy(ranges, advice):
+        calls.extend((r.address, r.length, advice) for r in ranges)
+        advise(ranges, advice)
+
+    settled = []
+    settle = DiskStore.settle
+
+    def settle_spy(store, ranges):
+        settled.append(ranges)
+        return settle(store, ranges)
+
+    monkeypatch.setattr(Pager, "_advise", staticmethod(spy))
+    monkeypatch.setattr(DiskStore, "settle", settle_spy)
+    model = AutoModelForCausalLM.from_pretrained(
+        tmp_path, device_map={"": "cpu", "model.layers.0": "disk", "model.layers.1": "disk"})
+    hooks = model._dispatch_hooks
+    assert [type(h) for h in hooks] == [PageInOut, PageInOut]
+    assert settled == [h.ranges for h in hooks]  # each disk block settled once, at load
+    # the blocks' own ranges are not 2 MB-aligned: releasing them as they are would split huge mappings
+    assert any(r.address % HUGE or r.length % HUGE for h in hooks for r in h.ranges)
+    assert all(h.releasable for h in hooks)  # each block (~12 MB) holds whole huge pages
+    at_load = [(a, n) for a, n, advice in calls if advice == mmap.MADV_DONTNEED]  # settle's releases
+    assert at_load and all(a % HUGE == 0 and n % HUGE == 0 for a, n in at_load), at_load
+
+    for _ in range(2):  # pages released after the first forward, brought back for the second
+        calls.clear()
+        torch.testing.assert_close(logits_of(model, ids), expected, rtol=0, atol=0)
+        model._disk_store.pager.keep_up(0)
+        released = [(a, n) for a, n, advice in calls if advice == mmap.MADV_DONTNEED]
+        assert released, "no pages were handed back"
+        assert all(a % HUGE == 0 and n % HUGE == 0 and n > 0 for a, n in released), released
+        inside = [(r.address, r.address + r.length) for h in hooks for r in h.ranges]
+        assert all(any(lo <= a and a + n <= hi for lo, hi in inside) for a, n in released)
+
+
+@linux
+def test_pmd_mapped_bytes_reads_the_mapping_that_holds_an_address(tmp_path):
+    path = tmp_path / "file.bin"
+    path.write_bytes(os.urandom(4 * MiB))
+    with open(path, "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    try:
+        buf = ctypes.c_char.from_buffer(mm)
+        address = ctypes.addressof(buf)
+        assert mm[0] == path.read_bytes()[0]  # one page mapped in
+        for inside in (address, address + len(mm) // 2, address + len(mm) - 1):
+            got = pmd_mapped_bytes(inside)
+            assert isinstance(got, int) and 0 <= got <= len(mm), got
+        del buf
+    finally:
+        mm.close()
+    assert pmd_mapped_bytes(8) is None  # nothing is mapped at the zero page
+
+
+def _write_in_small_writes(path: Path, name: str, tensor: torch.Tensor) -> None:
+    """A one-tensor safetensors file written 4 KB a write (on ext4 the page cache then holds it in 4 KB folios),
+    flushed to disk so that its pages can be dropped from the cache."""
+    header = json.dumps({name: {"dtype": "F32", "shape": list(tensor.shape),
+                                "data_offsets": [0, tensor.nbytes]}}).encode()
+    header += b" " * (-len(header) % 8)
+    data = len(header).to_bytes(8, "little") + header + tensor.numpy().tobytes()
+    with open(path, "wb") as f:
+        for i in range(0, len(data), 4096):
+            f.write(data[i:i + 4096])
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _populate(ranges: list[MappedRange]) -> bool:
+    return all(offload._libc.madvise(r.address, r.length, offload._MADV_POPULATE_READ) == 0 for r in ranges)
+
+
+def _huge_file_mappings_unsupported(folder: Path) -> str | None:
+    """Why this kernel/filesystem cannot map a file with 2 MB entries at all (None if it can): a probe file, read
+    fresh from disk into a MADV_HUGEPAGE map."""
+    path = folder / "probe.bin"
+    _write_in_small_writes(path, "probe", torch.zeros(2 * MiB))  # 8 MB
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        mm = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
+    finally:
+        os.close(fd)
+    try:
+        if not hasattr(mmap, "MADV_HUGEPAGE"):
+            return "no MADV_HUGEPAGE"
+        mm.madvise(mmap.MADV_HUGEPAGE)
+        buf = ctypes.c_char.from_buffer(mm)
+        whole = whole_huge_pages([MappedRange(ctypes.addressof(buf), len(mm))])
+        del buf
+        if not _populate(whole):
+            return "no MADV_POPULATE_READ (Linux < 5.14)"
+        mapped = pmd_mapped_bytes(whole[0].address)
+        if mapped is None:
+            return "/proc/self/smaps reports no FilePmdMapped"
+        if mapped < 0.9 * sum(r.length for r in whole):
+            return f"a fresh read maps {mapped} of {sum(r.length for r in whole)} bytes with 2 MB entries here"
+        return None
+    finally:
+        mm.close()
+        os.unlink(path)
+
+
+@pytest.fixture
+def ext_folder():
+    """A scratch folder in the repository's ignored bench/.cache (on the repository's filesystem, which unlike a
+    tmpfs /tmp may hold files in large folios)."""
+    root = Path(__file__).resolve().parents[1] / "bench" / ".cache"
+    root.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="test-settle-", dir=root))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@linux
+def test_settle_rereads_a_block_cached_in_small_folios(ext_folder, monkeypatch):
+    reason = _huge_file_mappings_unsupported(ext_folder)
+    if reason:
+        pytest.skip(f"kernel/filesystem cannot map file pages with 2 MB entries: {reason}")
+    path = ext_folder / "weights.safetensors"
+    original = torch.randn(4 * MiB, generator=torch.Generator().manual_seed(0))  # 16 MB of fp32
+    _write_in_small_writes(path, "w", original)
+
+    seen, fadvised = [], []
+    measure, fadvise = offload.pmd_mapped_bytes, os.posix_fadvise
+
+    def seen_spy(address):
+        seen.append(measure(address))
+        return seen[-1]
+
+    def fadvise_spy(fd, offset, length, advice):
+        fadvised.append((os.readlink(f"/proc/self/fd/{fd}"), offset, length, advice))
+        return fadvise(fd, offset, length, advice)
+
+    monkeypatch.setattr(offload, "pmd_mapped_bytes", seen_spy)
+    monkeypatch.setattr(offload.os, "posix_fadvise", fadvise_spy)
+    store = DiskStore()
+    infos, _ = read_safetensors_header(str(path))
+    t = store.view(infos["w"])
+    ranges = store.pages([t])
+    whole = whole_huge_pages(ranges)
+    total = sum(r.length for r in whole)
+    assert total >= 12 * MiB
+    store.settle(ranges)
+    monkeypatch.undo()
+
+    assert len(seen) == 1 and seen[0] is not None
+    base = store.bases[str(path)]
+    if seen[0] < 0.9 * total:  # written 4 KB a write: the usual case on ext4
+        assert fadvised == [(str(path), r.address - base, r.length, os.POSIX_FADV_DONTNEED) for r in whole]
+        first = infos["w"].start - infos["w"].start % mmap.PAGESIZE
+        assert all(first <= offset and offset + n <= infos["w"].start + infos["w"].nbytes
+                   for _, offset, n, _ in fadvised)  # the tensor's own pages, nothing else of the file
+    else:  # the cache already holds large folios: nothing to re-read
+        assert fadvised == []
+    assert _populate(whole)
+    assert pmd_mapped_bytes(whole[0].address) >= 0.9 * total
+    assert torch.equal(t, original)
+    store.close()

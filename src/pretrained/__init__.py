@@ -21,7 +21,7 @@ _EXPORTS = {
     "load_sharded_checkpoint": "modeling.sharded",
     "infer_auto_device_map": "dispatch.plan",
     "DynamicCache": "generation.cache", "EncoderDecoderCache": "generation.cache",
-    "GenerationConfig": "generation.config", "GenerationMixin": "generation.loop",
+    "GenerationConfig": "generation.config", "CompileConfig": "generation.config", "GenerationMixin": "generation.loop",
     "TextStreamer": "generation.streamers", "TokenStreamer": "generation.streamers",
     "GenerateDecoderOnlyOutput": "generation.outputs", "GenerateEncoderDecoderOutput": "generation.outputs",
     "GenerateBeamDecoderOnlyOutput": "generation.outputs", "GenerateBeamEncoderDecoderOutput": "generation.outputs",

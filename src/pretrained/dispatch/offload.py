@@ -187,7 +187,8 @@ class DiskStore:
         self.pager.keep_up(0)
         for path, whole in self._by_file(whole_huge_pages(ranges)).items():
             if any(_libc.madvise(r.address, r.length, _MADV_POPULATE_READ) != 0 for r in whole):
-                return  # an older kernel: nothing to learn, leave the cache as it is
+                Pager._advise(whole, mmap.MADV_DONTNEED)  # an older kernel, or a read error: leave the cache
+                continue
             mapped = pmd_mapped_bytes(whole[0].address)
             if mapped is not None and mapped < 0.9 * sum(r.length for r in whole):
                 Pager._advise(whole, mmap.MADV_DONTNEED)

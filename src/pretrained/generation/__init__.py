@@ -9,7 +9,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "GenerationConfig": "config", "GenerationMixin": "loop",
+    "GenerationConfig": "config", "CompileConfig": "config", "GenerationMixin": "loop",
     "DynamicCache": "cache", "EncoderDecoderCache": "cache", "StaticCache": "cache",
     "TextStreamer": "streamers", "TokenStreamer": "streamers",
     "GenerateDecoderOnlyOutput": "outputs", "GenerateEncoderDecoderOutput": "outputs",

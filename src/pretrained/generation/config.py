@@ -7,9 +7,10 @@ saved file holds only what was chosen. Unknown keys are kept as attributes and w
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import ConfigError
 
@@ -22,7 +23,9 @@ DEFAULTS: dict[str, Any] = {
     "no_repeat_ngram_size": 0, "num_return_sequences": 1, "stop_strings": None, "pad_token_id": None,
     "bos_token_id": None, "eos_token_id": None, "decoder_start_token_id": None, "output_attentions": False,
     "output_hidden_states": False, "output_scores": False, "output_logits": False, "return_dict_in_generate": False,
+    "compile_config": None, "disable_compile": False,
 }
+NOT_SAVED = ("compile_config",)  # how to run, not how to decode: not written to generation_config.json
 FIELDS = tuple(DEFAULTS)
 # generation fields a model's config.json may still carry (older checkpoints), taken over when no
 # generation_config.json says otherwise
@@ -34,6 +37,34 @@ _LEGACY_NOOP = {"max_length": 20, "min_length": 0, "do_sample": False, "early_st
                 "temperature": 1.0, "top_k": 50, "top_p": 1.0, "repetition_penalty": 1.0, "length_penalty": 1.0,
                 "no_repeat_ngram_size": 0, "num_return_sequences": 1}
 CACHE_IMPLEMENTATIONS = (None, "dynamic", "static")
+
+
+@dataclasses.dataclass
+class CompileConfig:
+    """How `generate` compiles its decoding step (`torch.compile` arguments), with `cache_implementation="static"`.
+
+    Giving one asks for compilation on any device; on a CUDA GPU a static cache compiles by default (as the
+    reference does) unless `disable_compile=True`. `options` and `mode` go to torch.compile, which takes one of
+    them: `options` wins when both are set.
+    """
+
+    fullgraph: bool = False
+    dynamic: bool | None = None
+    backend: str | Callable = "inductor"
+    mode: str = "reduce-overhead"
+    options: dict | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def compile_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments for torch.compile."""
+        out: dict[str, Any] = {"fullgraph": self.fullgraph, "dynamic": self.dynamic, "backend": self.backend}
+        if self.options:
+            out["options"] = dict(self.options)
+        else:
+            out["mode"] = self.mode
+        return out
 
 
 class GenerationConfig:
@@ -80,8 +111,12 @@ class GenerationConfig:
                           ("num_beams", 1), ("top_k", 0), ("no_repeat_ngram_size", 0),
                           ("num_return_sequences", 1)):
             check_int(name, low)
+        if isinstance(self.compile_config, dict):
+            self.compile_config = CompileConfig(**self.compile_config)
+        if self.compile_config is not None and not isinstance(self.compile_config, CompileConfig):
+            raise bad("compile_config", "it must be a CompileConfig (from pretrained import CompileConfig) or None")
         for name in ("do_sample", "use_cache", "output_attentions", "output_hidden_states", "output_scores",
-                     "output_logits", "return_dict_in_generate"):
+                     "output_logits", "return_dict_in_generate", "disable_compile"):
             v = getattr(self, name)
             if v is not None and not isinstance(v, bool):
                 raise bad(name, "it must be True or False")
@@ -119,7 +154,7 @@ class GenerationConfig:
 
     def to_diff_dict(self) -> dict[str, Any]:
         """Only what is set (what `generation_config.json` holds)."""
-        return {k: v for k, v in self.to_dict().items() if v is not None}
+        return {k: v for k, v in self.to_dict().items() if v is not None and k not in NOT_SAVED}
 
     def to_json_string(self) -> str:
         data = self.to_diff_dict()

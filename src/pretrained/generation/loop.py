@@ -17,6 +17,7 @@ import torch
 from ..errors import ConfigError
 from . import logits as lp
 from .cache import DynamicCache, EncoderDecoderCache, StaticCache
+from .compiled import compile_settings, compiled_step
 from .config import GenerationConfig
 from .outputs import (GenerateBeamDecoderOnlyOutput, GenerateBeamEncoderDecoderOutput, GenerateDecoderOnlyOutput,
                       GenerateEncoderDecoderOutput)
@@ -34,13 +35,49 @@ class _Decoder:
         self.cache = None
         params = inspect.signature(model.forward).parameters
         self.keep_one = "logits_to_keep" in params
+        self.takes_position = "cache_position" in params  # can decode over a fixed-length cache
+        self.fixed = False  # decoding over a fixed-length cache (see `fix`)
+        self.filled = 0  # with `fixed`: positions written so far
+        self.compiled: Any = None  # with `fixed`: the compiled one-token step, if any
         self.flags: dict[str, bool] = {}  # output_attentions / output_hidden_states, set only when they are kept
         self.step: tuple[Any, Any, Any] | None = None  # the last call's (attentions, cross-attentions, hidden states)
 
     def seen(self) -> int:
+        if self.fixed:
+            return self.filled
         return self.cache.get_seq_length() if self.cache is not None else 0
 
+    def fix(self, cache: StaticCache, compiled: Any = None) -> None:
+        """Decode over `cache` with the same shapes at every step: the mask and the positions are laid out once
+        for all its `max_cache_len` positions (those after the prompt count as tokens: causality hides them until
+        they are written), and each call says where its tokens go (`cache_position`). One-token steps then go
+        through `compiled` when given."""
+        self.cache, self.fixed, self.compiled = cache, True, compiled
+        extra = cache.max_cache_len - self.mask.shape[1]
+        self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], extra)], dim=1)
+        self.positions = (self.mask.long().cumsum(-1) - 1).masked_fill(self.mask == 0, 1)
+
+    def _fixed_step(self, ids: torch.Tensor) -> torch.Tensor:
+        past, T = self.filled, ids.shape[1] - self.filled
+        # fresh contiguous inputs: a slice of the growing `ids` would change strides (and recompile) every step
+        kwargs = dict(input_ids=ids[:, past:].clone(memory_format=torch.contiguous_format),
+                      attention_mask=self.mask, position_ids=self.positions[:, past:past + T],
+                      cache_position=torch.arange(past, past + T, device=ids.device),
+                      past_key_values=self.cache, use_cache=True, return_dict=True)
+        if self.keep_one:
+            kwargs["logits_to_keep"] = 1
+        compiled = self.compiled is not None and T == 1 and not self.flags
+        out = (self.compiled if compiled else self.model)(**kwargs, **self.flags)
+        self.filled = past + T
+        if compiled:
+            self.cache.set_length(self.filled)
+        if self.flags:
+            self.step = (out.attentions, None, out.hidden_states)
+        return out.logits[:, -1, :].to(dtype=torch.float32, copy=True)
+
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.fixed:
+            return self._fixed_step(ids)
         past = self.seen()
         kwargs: dict[str, Any] = {"past_key_values": self.cache, "use_cache": self.use_cache, "return_dict": True}
         if self.encoder is not None:
@@ -69,6 +106,8 @@ class _Decoder:
             self.cache.reorder_cache(rows)
         if self.encoder is None:
             self.mask = self.mask.index_select(0, rows.to(self.mask.device))
+            if self.fixed:
+                self.positions = self.positions.index_select(0, rows.to(self.positions.device))
 
 
 class _Record:
@@ -213,7 +252,11 @@ class GenerationMixin:
                       else config.get("max_length"))
         if config.get("cache_implementation") == "static" and decoder.use_cache:
             static = StaticCache(max_cache_len=max_length)
-            decoder.cache = EncoderDecoderCache(static, DynamicCache()) if encoder_decoder else static
+            if encoder_decoder or not decoder.takes_position:  # filled part of the cache, growing shapes
+                decoder.cache = EncoderDecoderCache(static, DynamicCache()) if encoder_decoder else static
+            else:
+                settings = compile_settings(self, config, device)
+                decoder.fix(static, compiled_step(self, settings) if settings is not None else None)
         processors = lp.processors_for(config, prompt_length, prompt_ignore, beams=beams > 1)
         stops = None
         if config.get("stop_strings"):

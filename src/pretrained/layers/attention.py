@@ -26,22 +26,51 @@ def causal_mask(
     kv_len: int,
     device: torch.device,
     sliding_window: int | None = None,
+    q_positions: torch.Tensor | None = None,  # (q_len,) positions of the queries in a fixed-length cache
 ) -> torch.Tensor | None:
-    """Boolean (batch, 1, q_len, kv_len) mask or None when `is_causal` alone is exact."""
-    has_padding = attention_mask is not None and not bool(attention_mask.all())
-    window_hits = sliding_window is not None and kv_len > sliding_window
-    if not has_padding and not window_hits and q_len in (1, kv_len):
-        return None
-    offset = kv_len - q_len  # queries are the last q_len positions
-    q_pos = torch.arange(q_len, device=device)[:, None] + offset
+    """Boolean (batch, 1, q_len, kv_len) mask or None when `is_causal` alone is exact.
+
+    Without `q_positions` the queries are the last q_len of the kv_len positions. With them (a cache of fixed
+    length, see `cache_positions`), the mask is always built, from tensors only, so that a compiled step neither
+    branches on data nor changes shape as the sequence grows; positions after the queries, written or not, are
+    masked.
+    """
+    if q_positions is None:
+        has_padding = attention_mask is not None and not bool(attention_mask.all())
+        window_hits = sliding_window is not None and kv_len > sliding_window
+        if not has_padding and not window_hits and q_len in (1, kv_len):
+            return None
+        q_pos = torch.arange(q_len, device=device)[:, None] + (kv_len - q_len)
+    else:
+        q_pos = q_positions.to(device)[:, None]
     kv_pos = torch.arange(kv_len, device=device)[None, :]
     allowed = kv_pos <= q_pos
     if sliding_window is not None:
         allowed = allowed & (kv_pos > q_pos - sliding_window)
     allowed = allowed[None, None]
     if attention_mask is not None:
+        if attention_mask.shape[-1] < kv_len:  # a fixed-length cache: later positions are causally hidden
+            attention_mask = nn.functional.pad(attention_mask, (0, kv_len - attention_mask.shape[-1]), value=1)
         allowed = allowed & attention_mask[:, None, None, -kv_len:].to(torch.bool)
     return allowed
+
+
+def cache_positions(cache, q_len: int, device: torch.device,
+                    cache_position: torch.Tensor | None = None) -> tuple[torch.Tensor, int, bool]:
+    """Where a forward's q_len new tokens go: (cache_position (q_len,), kv_len, fixed).
+
+    A cache of fixed length (one with `max_cache_len`, given `cache_position` as the reference's models take it)
+    is written at those positions and attended over whole (`fixed`: the mask hides what is not written yet), so
+    every decoding step has the same shapes. Otherwise the tokens follow the cache's current length and
+    attention sees past + q_len positions.
+    """
+    length = getattr(cache, "max_cache_len", None) if cache_position is not None else None
+    if length:
+        return cache_position, length, True
+    past = cache.get_seq_length() if cache is not None else 0
+    if cache_position is None:
+        cache_position = torch.arange(past, past + q_len, device=device)
+    return cache_position, past + q_len, False
 
 
 def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:

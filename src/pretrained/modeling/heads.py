@@ -42,11 +42,12 @@ class DecoderHead:
         setattr(self, self.facts.base_model_prefix, self.base_class(config))
 
     def _run_base(self, input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, use_cache,
-                  output_attentions, output_hidden_states):
+                  output_attentions, output_hidden_states, cache_position=None):
+        extra = {} if cache_position is None else {"cache_position": cache_position}
         return self.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
                                output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                               return_dict=True)
+                               return_dict=True, **extra)
 
     def _finish(self, out, return_dict: bool | None):
         return out if (self.config.return_dict if return_dict is None else return_dict) else out.to_tuple()
@@ -81,9 +82,10 @@ class DecoderForCausalLM(DecoderHead, GenerationMixin):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         logits_to_keep: int = 0,  # 0 = all positions; n = only the last n
+        cache_position: torch.LongTensor | None = None,  # (T,) where the new tokens go in a fixed-length cache
     ):
         base = self._run_base(input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, use_cache,
-                              output_attentions, output_hidden_states)
+                              output_attentions, output_hidden_states, cache_position)
         hidden = base.last_hidden_state if not logits_to_keep else base.last_hidden_state[:, -logits_to_keep:]
         logits = self.lm_head(hidden)
         loss = causal_lm_loss(logits, labels) if labels is not None else None

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ...generation.cache import DynamicCache
-from ...layers.attention import attend, causal_mask
+from ...layers.attention import attend, cache_positions, causal_mask
 from ...layers.mlp import GatedMLP
 from ...layers.norms import RMSNorm
 from ...layers.rotary import RotaryEmbedding, apply_rotary
@@ -49,14 +49,14 @@ class LlamaAttention(nn.Module):
         """(bias on q/k/v, bias on o)."""
         return config.attention_bias, config.attention_bias
 
-    def forward(self, x, position_embeddings, mask, cache=None, output_attentions=False):
+    def forward(self, x, position_embeddings, mask, cache=None, output_attentions=False, cache_position=None):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, K, T, D)
         v = self.v_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, k, *position_embeddings)
         if cache is not None:
-            k, v = cache.update(k, v, self.layer_idx)  # (B, K, S, D)
+            k, v = cache.update(k, v, self.layer_idx, cache_position)  # (B, K, S, D)
         out, weights = attend(q, k, v, mask, self.scaling, self.config._attn_implementation,
                               dropout=self.config.attention_dropout if self.training else 0.0,
                               want_weights=output_attentions)
@@ -79,8 +79,9 @@ class LlamaDecoderLayer(nn.Module):
     def mlp_bias(config: LlamaConfig) -> bool:
         return config.mlp_bias
 
-    def forward(self, x, position_embeddings, mask, cache=None, output_attentions=False):
-        attn, weights = self.self_attn(self.input_layernorm(x), position_embeddings, mask, cache, output_attentions)
+    def forward(self, x, position_embeddings, mask, cache=None, output_attentions=False, cache_position=None):
+        attn, weights = self.self_attn(self.input_layernorm(x), position_embeddings, mask, cache, output_attentions,
+                                       cache_position)
         x = x + attn
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, weights
@@ -130,6 +131,7 @@ class LlamaModel(LlamaPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        cache_position: torch.LongTensor | None = None,  # (T,) where the new tokens go in the cache
     ):
         cfg = self.config
         output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
@@ -140,22 +142,24 @@ class LlamaModel(LlamaPreTrainedModel):
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache()
-        past = past_key_values.get_seq_length() if past_key_values is not None else 0
         T = x.shape[1]
+        cache_position, kv_len, fixed = cache_positions(past_key_values, T, x.device, cache_position)
         if position_ids is None:
-            position_ids = torch.arange(past, past + T, device=x.device)[None]
+            position_ids = cache_position[None]
         windows = self.sliding_windows()
-        masks = {w: causal_mask(attention_mask, T, past + T, x.device, w) for w in set(windows)}
+        masks = {w: causal_mask(attention_mask, T, kv_len, x.device, w, cache_position if fixed else None)
+                 for w in set(windows)}
+        write_at = cache_position if fixed else None
         rope = self.rotary_emb(x, position_ids)
         all_hidden, all_attn = [], []
         for layer, window in zip(self.layers, windows):
             if output_hidden_states:
                 all_hidden.append(x)
             if self.gradient_checkpointing and self.training:
-                x, weights = checkpoint(layer, x, rope, masks[window], past_key_values, output_attentions,
+                x, weights = checkpoint(layer, x, rope, masks[window], past_key_values, output_attentions, write_at,
                                         **self.gradient_checkpointing_kwargs)
             else:
-                x, weights = layer(x, rope, masks[window], past_key_values, output_attentions)
+                x, weights = layer(x, rope, masks[window], past_key_values, output_attentions, write_at)
             if output_attentions:
                 all_attn.append(weights)
         x = self.norm(x)
