@@ -1,10 +1,12 @@
 """Generation throughput: tokens/s for 128 new tokens, batch 1, greedy, on a ~100M-parameter fp32 Llama (CPU).
 
-Ours with the default (dynamic) cache and with cache_implementation="static", each against the reference in the
-same run. The child loads the model (not timed), runs one untimed 8-token warm-up generate, then times one
-128-token generate and prints "TIME <seconds>" and a checksum of the generated tokens (must match the reference).
+Ours with the default (dynamic) cache, with cache_implementation="static", and with the static cache plus a
+compiled decoding step (compile_config=CompileConfig()), each against the reference (its default generate) in the
+same run. The child loads the model (not timed), runs one untimed warm-up generate of the same length (for the
+compiled variant this is where compilation happens; its time is printed as WARMUP), then times one 128-token
+generate and prints "TIME <seconds>" and a checksum of the generated tokens (must match the reference).
 
-Usage: .venv/bin/python bench/bench_generate.py [--runs N] [--only ours|ref|both] [--cache dynamic|static|all]
+Usage: .venv/bin/python bench/bench_generate.py [--runs N] [--only ours|ref|both] [--cache dynamic|static|compiled|all]
 """
 import shutil
 import sys
@@ -25,10 +27,13 @@ CHILD = """
 import time, torch
 torch.manual_seed(0)
 from {lib} import AutoModelForCausalLM
+{imports}
 m = AutoModelForCausalLM.from_pretrained({path!r}, dtype=torch.float32).eval()
 ids = torch.randint(3, 32000, (1, 16), generator=torch.Generator().manual_seed(0))
 kw = dict(do_sample=False, eos_token_id=None, pad_token_id=0{extra})
-m.generate(ids, max_new_tokens=8, **kw)
+t0 = time.perf_counter()
+m.generate(ids, max_new_tokens={n}, min_new_tokens={n}, **kw)
+print("WARMUP", round(time.perf_counter() - t0, 2))
 t0 = time.perf_counter()
 out = m.generate(ids, max_new_tokens={n}, min_new_tokens={n}, **kw)
 t = time.perf_counter() - t0
@@ -63,14 +68,17 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--only", choices=["ours", "ref", "both"], default="both")
-    ap.add_argument("--cache", choices=["dynamic", "static", "all"], default="all")
+    ap.add_argument("--cache", choices=["dynamic", "static", "compiled", "all"], default="all")
     args = ap.parse_args()
     path = ensure_checkpoint()
-    ref = CHILD.format(lib="transformers", path=str(path), n=NEW_TOKENS, extra="")
+    ref = CHILD.format(lib="transformers", path=str(path), n=NEW_TOKENS, extra="", imports="")
     results = {}
-    for cache in (["dynamic", "static"] if args.cache == "all" else [args.cache]):
-        extra = ', cache_implementation="static"' if cache == "static" else ""
-        ours = CHILD.format(lib="pretrained", path=str(path), n=NEW_TOKENS, extra=extra)
+    variants = {"dynamic": ("", ""), "static": (', cache_implementation="static"', ""),
+                "compiled": (', cache_implementation="static", compile_config=CompileConfig()',
+                             "from pretrained import CompileConfig")}
+    for cache in (list(variants) if args.cache == "all" else [args.cache]):
+        extra, imports = variants[cache]
+        ours = CHILD.format(lib="pretrained", path=str(path), n=NEW_TOKENS, extra=extra, imports=imports)
         res = compare(f"generate {NEW_TOKENS} tokens, greedy, batch 1, fp32 ~100M Llama, ours: {cache} cache",
                       ours, ref, runs=args.runs, only=args.only)
         for side in ("ours", "ref"):

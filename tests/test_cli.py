@@ -193,3 +193,33 @@ def test_help_is_fast_and_module_entry_point_works():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
     done = subprocess.run([sys.executable, "-m", "pretrained", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "demo" in done.stdout
+
+
+# ---- generate --------------------------------------------------------------------------------------------------
+def test_generate_compile_flag(reference_checkpoint, tmp_path, capsys, monkeypatch):
+    """`--compile`: a static cache and a compiled step (compiling takes seconds), the reference's greedy tokens."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from pretrained import CompileConfig
+    from pretrained.generation import loop
+
+    code, out, _ = run(["generate", "--help"], capsys)
+    assert code == 0 and "--compile" in out and "tens of seconds" in " ".join(out.split())
+    steps = []
+    real_step = loop.compiled_step
+    monkeypatch.setattr(loop, "compiled_step", lambda model, config: steps.append(config) or real_step(model, config))
+    folder = copy_of(reference_checkpoint[0], tmp_path)
+    tokenizer = Tokenizer(models.WordLevel({f"w{i}": i for i in range(256)}, unk_token="w0"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(folder / "tokenizer.json"))
+    prompt = "w5 w90 w33 w170 w12"
+    code, out, err = run(["generate", folder, "--prompt", prompt, "--max-new-tokens", "8", "--compile"], capsys)
+    assert code == 0, err
+    assert steps == [CompileConfig()]  # the compiled step was asked for
+    ids = torch.tensor([tokenizer.encode(prompt).ids])
+    reference = transformers.LlamaForCausalLM.from_pretrained(folder).eval()
+    expected = reference.generate(ids, max_new_tokens=8, do_sample=False)[0, ids.shape[1]:].tolist()
+    assert out.split()[5:] == [f"w{i}" for i in expected]
+    assert "tokens/s, compiling included" in err

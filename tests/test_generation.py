@@ -6,6 +6,7 @@ large initializer_range so that argmaxes are decisive (no float ties between the
 
 from __future__ import annotations
 
+import inspect
 import json
 
 import pytest
@@ -14,7 +15,7 @@ import torch
 import pretrained
 from pretrained.errors import ConfigError
 from pretrained.generation import logits as lp
-from pretrained.generation.config import GenerationConfig
+from pretrained.generation.config import CompileConfig, GenerationConfig
 from pretrained.generation.streamers import TextStreamer, TokenStreamer
 
 transformers = pytest.importorskip("transformers")
@@ -146,6 +147,209 @@ def test_streamer_gets_prompt_then_each_token(pair):
     prompt = out.shape[1] - 6
     assert seen[0] == out[0, :prompt].tolist() and [s[0] for s in seen[1:]] == out[0, prompt:].tolist()
     assert sum(list(streamer), []) == out[0].tolist()  # the queue ends after the last token
+
+
+# ---- fixed-length static cache and the compiled decoding step ----------------------------------------------------
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    """One tiny Llama (reference, ours) for the static-cache and compiled-step tests: compiling a model takes
+    seconds, so the compiled tests share this one and its compiled step."""
+    ref, auto = _reference_model("llama")
+    folder = tmp_path_factory.mktemp("gen-llama-static")
+    ref.save_pretrained(folder)
+    return ref, auto.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("kw", [dict(max_new_tokens=12), dict(max_new_tokens=8, num_beams=3)],
+                         ids=["greedy", "beam"])
+def test_fixed_static_cache_matches_the_reference_and_the_dynamic_cache(llama, kw):
+    """Llama takes `cache_position`: a static cache is decoded over whole (fixed shapes, eager here: no
+    compile_config on the CPU), and gives the reference's tokens (its default cache) and our dynamic cache's."""
+    from pretrained.generation.loop import _Decoder
+
+    ref, ours = llama
+    assert "cache_position" in inspect.signature(ours.forward).parameters
+    fixed = []
+    real_fix = _Decoder.fix
+
+    def fix(self, cache, compiled=None):
+        fixed.append(compiled)
+        return real_fix(self, cache, compiled)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_Decoder, "fix", fix)
+        ids, mask = _prompts()
+        for prompt, prompt_mask in ((ids[:1], None), (ids, mask)):
+            expected = ref.generate(prompt, attention_mask=prompt_mask, **kw)
+            static = ours.generate(prompt, attention_mask=prompt_mask, cache_implementation="static", **kw)
+            dynamic = ours.generate(prompt, attention_mask=prompt_mask, **kw)
+            assert torch.equal(static, expected), (kw, prompt.shape, expected, static)
+            assert torch.equal(dynamic, expected)
+    assert fixed == [None, None]  # the fixed-length path was taken, and not compiled
+
+
+def test_compiled_step_matches_the_reference_and_compiles_once(llama, monkeypatch):
+    """`compile_config` on the CPU: one-token steps go through the torch.compile'd step; a second generate with the
+    same settings reuses it, without compiling the function again nor recompiling its graph."""
+    from pretrained.generation import compiled as compiled_module
+
+    ref, ours = llama
+    made, ran = [], []
+    real_compile = torch.compile
+
+    def spy(fn, **kwargs):
+        made.append(kwargs)
+        step = real_compile(fn, **kwargs)
+
+        def counted(**inputs):
+            ran.append(tuple(inputs["input_ids"].shape))
+            return step(**inputs)
+        return counted
+
+    monkeypatch.setattr(torch, "compile", spy)
+    compiled_module._STEPS.pop(ours, None)  # compiled afresh here, whichever test of this module ran first
+    ids, _ = _prompts()
+    kw = dict(max_new_tokens=20, cache_implementation="static", compile_config=CompileConfig())
+    expected = ref.generate(ids[:1], max_new_tokens=20)
+    first = ours.generate(ids[:1], **kw)
+    assert torch.equal(first, expected), (expected, first)
+    assert len(made) == 1 and made[0]["mode"] == "reduce-overhead"
+    assert ran == [(1, 1)] * 19  # the prompt runs eagerly, then every one-token step is compiled
+    with torch.compiler.set_stance("fail_on_recompile"):  # raises if the graph had to be compiled again
+        again = ours.generate(ids[:1], **kw)
+        shorter = ours.generate(ids[:1], **{**kw, "max_new_tokens": 7})  # runs over the longest cache so far
+    assert torch.equal(again, expected) and torch.equal(shorter, expected[:, :ids.shape[1] + 7])
+    assert len(made) == 1 and len(ran) == 38 + 6
+
+
+def test_compiled_step_left_padded_batch_matches_the_reference(llama):
+    ref, ours = llama
+    ids, mask = _prompts()
+    expected = ref.generate(ids[:2], attention_mask=mask[:2], max_new_tokens=20)
+    actual = ours.generate(ids[:2], attention_mask=mask[:2], max_new_tokens=20, cache_implementation="static",
+                           compile_config=CompileConfig())
+    assert torch.equal(actual, expected), (expected, actual)
+
+
+def test_row_vector_linear_rewrites_only_single_cpu_rows():
+    from torch.nn import functional as F
+
+    from pretrained.generation.compiled import RowVectorLinear
+
+    g = torch.Generator().manual_seed(0)
+    K, N = 48, 24
+    weight, bias = torch.randn(N, K, generator=g), torch.randn(N, generator=g)
+    row = torch.randn(1, 1, K, generator=g)
+    for b in (None, bias):
+        expected = F.linear(row, weight, b)
+        with RowVectorLinear():
+            got = F.linear(row, weight, b)
+            as_kwarg = F.linear(row, weight, bias=b)
+        assert got.shape == expected.shape == (1, 1, N)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(as_kwarg, expected, rtol=1e-5, atol=1e-6)
+    for shape in ((2, 1, K), (1, 3, K)):  # not a single row: the ordinary F.linear, bit for bit
+        x = torch.randn(*shape, generator=g)
+        for b in (None, bias):
+            expected = F.linear(x, weight, b)
+            with RowVectorLinear():
+                got = F.linear(x, weight, b)
+            assert torch.equal(got, expected), shape
+
+
+def test_static_cache_positioned_writes_return_the_whole_buffers():
+    from pretrained.generation.cache import StaticCache
+
+    cache = StaticCache(max_cache_len=6)
+    assert cache.get_seq_length() == 0
+    k, v = torch.randn(2, 2, 3, 4), torch.randn(2, 2, 3, 4)
+    keys, values = cache.update(k, v, 0, cache_position=torch.tensor([0, 1, 2]))
+    assert keys is cache.keys[0] and values is cache.values[0]
+    assert keys.shape == values.shape == (2, 2, 6, 4)  # the whole buffers, not the filled part
+    assert torch.equal(keys[:, :, :3], k) and torch.equal(values[:, :, :3], v)
+    assert not keys[:, :, 3:].any() and not values[:, :, 3:].any()
+    assert cache.get_seq_length() == 3 and cache.get_seq_length(1) == 0
+    k1, v1 = torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4)
+    keys, values = cache.update(k1, v1, 0, cache_position=torch.tensor([4]))
+    assert keys.shape == (2, 2, 6, 4) and keys is cache.keys[0]
+    assert torch.equal(keys[:, :, 4:5], k1) and torch.equal(values[:, :, 4:5], v1)
+    assert torch.equal(keys[:, :, :3], k) and not keys[:, :, 3].any() and not keys[:, :, 5].any()
+    assert cache.get_seq_length() == 5  # after the last position written
+    cache.update(k, v, 1, cache_position=torch.tensor([0, 1, 2]))
+    assert cache.get_seq_length(1) == 3 and len(cache) == 2
+    cache.set_length(6)  # as after a compiled step
+    assert cache.get_seq_length() == cache.get_seq_length(1) == 6
+
+
+def test_static_cache_appends_until_full():
+    from pretrained.generation.cache import StaticCache
+
+    cache = StaticCache(max_cache_len=4)
+    k = torch.randn(1, 2, 3, 4)
+    keys, _ = cache.update(k, k, 0)
+    assert keys.shape == (1, 2, 3, 4) and torch.equal(keys, k)  # the filled part
+    one = torch.randn(1, 2, 1, 4)
+    keys, _ = cache.update(one, one, 0)
+    assert keys.shape == (1, 2, 4, 4) and cache.get_seq_length() == 4
+    with pytest.raises(ValueError, match="max_cache_len=4"):
+        cache.update(one, one, 0)
+
+
+def test_static_cache_reorders_in_place():
+    from pretrained.generation.cache import StaticCache
+
+    cache = StaticCache(max_cache_len=5)
+    for layer in range(2):
+        k, v = torch.randn(3, 2, 2, 4), torch.randn(3, 2, 2, 4)
+        cache.update(k, v, layer, cache_position=torch.tensor([0, 1]))
+    buffers = [(k, v) for k, v in zip(cache.keys, cache.values)]
+    before = [(k.clone(), v.clone()) for k, v in buffers]
+    cache.reorder_cache(torch.tensor([2, 0, 0]))
+    for (k, v), (k0, v0), (k1, v1) in zip(buffers, before, zip(cache.keys, cache.values)):
+        assert k1 is k and v1 is v  # the same tensors: a compiled step keeps working on them
+        assert torch.equal(k, k0[[2, 0, 0]]) and torch.equal(v, v0[[2, 0, 0]])
+    assert cache.get_seq_length() == 2
+
+
+def test_compile_config_in_generation_config(tmp_path):
+    with pytest.raises(ConfigError, match="compile_config"):
+        GenerationConfig(compile_config="fast")
+    with pytest.raises(ConfigError, match="disable_compile"):
+        GenerationConfig(disable_compile="yes")
+    config = GenerationConfig(compile_config={"fullgraph": True, "mode": "default"})
+    assert config.compile_config == CompileConfig(fullgraph=True, mode="default")
+    assert config.copy(max_new_tokens=3).compile_config == config.compile_config
+    assert CompileConfig(options={"max_autotune": True}).compile_kwargs() == dict(
+        fullgraph=False, dynamic=None, backend="inductor", options={"max_autotune": True})  # options win over mode
+    assert CompileConfig().compile_kwargs()["mode"] == "reduce-overhead"
+    GenerationConfig(max_new_tokens=5, compile_config=CompileConfig(), disable_compile=True).save_pretrained(tmp_path)
+    data = json.loads((tmp_path / "generation_config.json").read_text())
+    assert "compile_config" not in data and data["disable_compile"] is True and data["max_new_tokens"] == 5
+    again = GenerationConfig.from_pretrained(tmp_path)
+    assert again.disable_compile is True and again.compile_config is None
+    assert transformers.GenerationConfig.from_pretrained(tmp_path).disable_compile is True
+
+
+def test_compile_settings():
+    from types import SimpleNamespace
+
+    from pretrained.generation.compiled import compile_settings
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    one_place = SimpleNamespace(hf_device_map={"model.layers.0": 0, "lm_head": 0})
+    plain = SimpleNamespace()
+    asked = CompileConfig(fullgraph=True)
+    assert compile_settings(plain, GenerationConfig(), cpu) is None  # the CPU compiles only when asked
+    assert compile_settings(plain, GenerationConfig(compile_config=asked), cpu) == asked
+    assert compile_settings(plain, GenerationConfig(), cuda) == CompileConfig()  # a GPU compiles by default
+    assert compile_settings(one_place, GenerationConfig(compile_config=asked), cuda) == asked
+    assert compile_settings(plain, GenerationConfig(compile_config=asked, disable_compile=True), cpu) is None
+    assert compile_settings(plain, GenerationConfig(disable_compile=True), cuda) is None
+    for device_map in ({"model.layers.0": 0, "lm_head": 1}, {"model.layers.0": "cpu", "lm_head": "disk"},
+                       {"model": "disk"}):
+        spread = SimpleNamespace(hf_device_map=device_map)
+        assert compile_settings(spread, GenerationConfig(compile_config=asked), cpu) is None, device_map
+        assert compile_settings(spread, GenerationConfig(), cuda) is None, device_map
 
 
 # ---- return_dict_in_generate ---------------------------------------------------------------------------------

@@ -91,6 +91,9 @@ class StaticCache:
             B, H, _, D = key.shape
             self.keys[layer_idx] = key.new_zeros(B, H, self.max_cache_len, D)
             self.values[layer_idx] = value.new_zeros(B, value.shape[1], self.max_cache_len, value.shape[-1])
+            if key.is_cuda:  # fixed addresses: CUDA graphs of a compiled step may then write them in place
+                torch._dynamo.mark_static_address(self.keys[layer_idx])
+                torch._dynamo.mark_static_address(self.values[layer_idx])
         if cache_position is not None:
             self.keys[layer_idx].index_copy_(2, cache_position, key)
             self.values[layer_idx].index_copy_(2, cache_position, value)

@@ -15,7 +15,7 @@ compiled reductions. The sums run in another order than BLAS's, so logits differ
 from __future__ import annotations
 
 import weakref
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch.nn import functional as F
@@ -40,24 +40,40 @@ class RowVectorLinear(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {compile settings: compiled step}
+class CompiledStep:
+    """A model's compiled decoding step. It remembers the longest cache it has run over: later calls allocate at
+    least that much (`cache_length`), so a shorter generation reuses the compiled code instead of recompiling for
+    a new shape."""
 
-
-def compiled_step(model: torch.nn.Module, config: CompileConfig) -> Callable[..., Any]:
-    """The model's compiled decoding step for `config`, made once per model and settings (the compiled code is
-    kept with the model and reused by later `generate` calls). The step holds the model weakly, so caching it
-    does not keep the model alive."""
-    kwargs = config.compile_kwargs()
-    key = repr(sorted(kwargs.items(), key=lambda kv: kv[0]))
-    steps = _STEPS.setdefault(model, {})
-    if key not in steps:
-        ref = weakref.ref(model)
+    def __init__(self, model: torch.nn.Module, kwargs: dict[str, Any]) -> None:
+        ref = weakref.ref(model)  # held weakly: caching the step does not keep the model alive
 
         def step(**inputs: Any):
             with RowVectorLinear():
                 return ref()(**inputs)
 
-        steps[key] = torch.compile(step, **kwargs)
+        self.run = torch.compile(step, **kwargs)
+        self.longest = 0
+
+    def cache_length(self, needed: int) -> int:
+        self.longest = max(self.longest, needed)
+        return self.longest
+
+    def __call__(self, **inputs: Any):
+        return self.run(**inputs)
+
+
+_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {compile settings: CompiledStep}
+
+
+def compiled_step(model: torch.nn.Module, config: CompileConfig) -> CompiledStep:
+    """The model's compiled decoding step for `config`, made once per model and settings and reused by later
+    `generate` calls."""
+    kwargs = config.compile_kwargs()
+    key = repr(sorted(kwargs.items(), key=lambda kv: kv[0]))
+    steps = _STEPS.setdefault(model, {})
+    if key not in steps:
+        steps[key] = CompiledStep(model, kwargs)
     return steps[key]
 
 

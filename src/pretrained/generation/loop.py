@@ -251,12 +251,18 @@ class GenerationMixin:
         max_length = (config.max_new_tokens + prompt_length if config.max_new_tokens is not None
                       else config.get("max_length"))
         if config.get("cache_implementation") == "static" and decoder.use_cache:
-            static = StaticCache(max_cache_len=max_length)
+            # the last token is never fed back: max_length - 1 positions (as the reference sizes it)
+            length = max(max_length - 1, prompt_length)
             if encoder_decoder or not decoder.takes_position:  # filled part of the cache, growing shapes
+                static = StaticCache(max_cache_len=length)
                 decoder.cache = EncoderDecoderCache(static, DynamicCache()) if encoder_decoder else static
             else:
                 settings = compile_settings(self, config, device)
-                decoder.fix(static, compiled_step(self, settings) if settings is not None else None)
+                step = None
+                if settings is not None:
+                    step = compiled_step(self, settings)
+                    length = step.cache_length(length)
+                decoder.fix(StaticCache(max_cache_len=length), step)
         processors = lp.processors_for(config, prompt_length, prompt_ignore, beams=beams > 1)
         stops = None
         if config.get("stop_strings"):
