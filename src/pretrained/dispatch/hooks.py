@@ -74,8 +74,8 @@ class MoveInputs(Hook):
 
 
 class PageInOut(Hook):
-    """Disk weights used in place on the CPU: the next block's pages are mapped in while this block runs, and
-    this block's pages are handed back after it ran (both by the store's background pager)."""
+    """Disk weights used in place on the CPU: before the block runs the next block's pages are asked for
+    (read-ahead); after it ran its pages are handed back (see `offload.Pager`)."""
 
     def __init__(self, module: nn.Module, store: DiskStore) -> None:
         super().__init__(module)
@@ -88,7 +88,6 @@ class PageInOut(Hook):
         self.pager.bring_in(self.ranges)
 
     def before(self, args, kwargs):
-        self.pager.keep_up()
         if self.next is not None:
             self.next.prefetch()
         return None
