@@ -379,3 +379,33 @@ def test_settle_rereads_a_block_cached_in_small_folios(ext_folder, monkeypatch):
     assert pmd_mapped_bytes(whole[0].address) >= 0.9 * total
     assert torch.equal(t, original)
     store.close()
+
+
+@linux
+def test_read_ahead_is_skipped_only_for_cached_pages(tmp_path, monkeypatch):
+    """`bring_in` asks the kernel to read a block only when sampled pages of it are not in the page cache."""
+    path = tmp_path / "weights.bin"
+    path.write_bytes(os.urandom(4 * MiB))
+    fd = os.open(path, os.O_RDONLY)
+    with open(path, "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    buf = ctypes.c_char.from_buffer(mm)
+    try:
+        ranges = [MappedRange(ctypes.addressof(buf), len(mm))]
+        advised = []
+        monkeypatch.setattr(Pager, "_advise", staticmethod(lambda rs, advice: advised.append(advice)))
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # clean and unmapped: evicted
+        if Pager.cached(ranges):
+            pytest.skip("the page cache kept the file after POSIX_FADV_DONTNEED; cannot test eviction here")
+        Pager().bring_in(ranges)
+        assert advised == [mmap.MADV_WILLNEED]
+        os.pread(fd, len(mm), 0)  # read: cached again
+        assert Pager.cached(ranges)
+        advised.clear()
+        Pager().bring_in(ranges)
+        assert advised == []
+    finally:
+        del buf
+        mm.close()
+        os.close(fd)
