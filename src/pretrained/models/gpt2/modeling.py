@@ -15,7 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ...generation.cache import DynamicCache
 from ...generation.loop import GenerationMixin
-from ...layers.attention import attend, causal_mask
+from ...layers.attention import attend, cache_positions, causal_mask
 from ...layers.mlp import activation
 from ...modeling.base import ModelFacts, PreTrainedModel
 from ...modeling.losses import causal_lm_loss
@@ -59,12 +59,12 @@ class GPT2Attention(nn.Module):
         self.attn_dropout = nn.Dropout(config.attn_pdrop)
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
 
-    def forward(self, x, mask, cache=None, output_attentions=False):
+    def forward(self, x, mask, cache=None, output_attentions=False, cache_position=None):
         B, T, C = x.shape
         q, k, v = (t.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
                    for t in self.c_attn(x).split(self.split_size, dim=2))
         if cache is not None:
-            k, v = cache.update(k, v, self.layer_idx)  # (B, H, S, D)
+            k, v = cache.update(k, v, self.layer_idx, cache_position)  # (B, H, S, D)
         implementation = self.config._attn_implementation
         upcast = self.config.reorder_and_upcast_attn and implementation == "eager"
         dtype = v.dtype
@@ -98,8 +98,8 @@ class GPT2Block(nn.Module):
         self.ln_2 = nn.LayerNorm(C, eps=config.layer_norm_epsilon)
         self.mlp = GPT2MLP(config.n_inner if config.n_inner is not None else 4 * C, config)
 
-    def forward(self, x, mask, cache=None, output_attentions=False):
-        attn, weights = self.attn(self.ln_1(x), mask, cache, output_attentions)
+    def forward(self, x, mask, cache=None, output_attentions=False, cache_position=None):
+        attn, weights = self.attn(self.ln_1(x), mask, cache, output_attentions, cache_position)
         x = attn + x
         x = x + self.mlp(self.ln_2(x))
         return x, weights
@@ -161,6 +161,7 @@ class GPT2Model(GPT2PreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        cache_position: torch.LongTensor | None = None,  # (T,) where the new tokens go in a fixed-length cache
     ):
         cfg = self.config
         output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
@@ -181,16 +182,17 @@ class GPT2Model(GPT2PreTrainedModel):
         B, T = inputs_embeds.shape[:2]
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache()
-        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        cache_position, kv_len, fixed = cache_positions(past_key_values, T, inputs_embeds.device, cache_position)
         if position_ids is None:
-            position_ids = torch.arange(past, past + T, device=inputs_embeds.device)[None]
+            position_ids = cache_position[None]
         x = inputs_embeds + self.wpe(position_ids).to(inputs_embeds.device)
         if token_type_ids is not None:
             x = x + self.wte(token_type_ids.reshape(-1, T))
         x = self.drop(x)
         if attention_mask is not None:
             attention_mask = attention_mask.reshape(B, -1)
-        mask = causal_mask(attention_mask, T, past + T, x.device)
+        mask = causal_mask(attention_mask, T, kv_len, x.device, None, cache_position if fixed else None)
+        write_at = cache_position if fixed else None
 
         all_hidden, all_attn = [], []
         for block in self.h:
@@ -199,7 +201,7 @@ class GPT2Model(GPT2PreTrainedModel):
             if self.gradient_checkpointing and self.training:
                 x, weights = checkpoint(block, x, mask, None, output_attentions, **self.gradient_checkpointing_kwargs)
             else:
-                x, weights = block(x, mask, past_key_values, output_attentions)
+                x, weights = block(x, mask, past_key_values, output_attentions, write_at)
             if output_attentions:
                 all_attn.append(weights)
         x = self.ln_f(x).view(*leading, T, -1)
@@ -243,13 +245,15 @@ class GPT2LMHeadModel(GPT2PreTrainedModel, GenerationMixin):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         logits_to_keep: int = 0,  # 0 = all positions; n = only the last n
+        cache_position: torch.LongTensor | None = None,  # (T,) where the new tokens go in a fixed-length cache
     ):
+        extra = {} if cache_position is None else {"cache_position": cache_position}
         base = self.transformer(input_ids, past_key_values=past_key_values, attention_mask=attention_mask,
                                 token_type_ids=token_type_ids, position_ids=position_ids, inputs_embeds=inputs_embeds,
                                 encoder_hidden_states=encoder_hidden_states,
                                 encoder_attention_mask=encoder_attention_mask, use_cache=use_cache,
                                 output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                                return_dict=True)
+                                return_dict=True, **extra)
         hidden = base.last_hidden_state if not logits_to_keep else base.last_hidden_state[..., -logits_to_keep:, :]
         logits = self.lm_head(hidden)
         loss = causal_lm_loss(logits, labels) if labels is not None else None
