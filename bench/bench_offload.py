@@ -6,13 +6,17 @@ in alternating child processes. Reports the median forward time (TIME, measured 
 after one warm-up), the whole child's wall time (load included) and peak RSS.
 
 Targets: ours offloaded / ours in memory <= 1.1, and ours offloaded / ref offloaded <= 0.8.
+
+`--paired N`: instead, one child of ours loads the model twice (offloaded and in memory) and alternates their
+forwards N times; the median of the per-pair ratios is less exposed to a noisy machine than medians taken
+minutes apart.
 """
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import compare, main_guard, parse_args  # noqa: E402
+from common import compare, main_guard, parse_args, run_child  # noqa: E402
 
 LIBS = {"ours": "pretrained", "ref": "transformers"}
 
@@ -40,8 +44,34 @@ print(float(out.float().sum()))
 """
 
 
+PAIRED = """
+import statistics, tempfile, shutil, time, torch
+from pretrained import AutoModelForCausalLM
+folder = tempfile.mkdtemp(prefix="offload-", dir="bench/.cache")
+off = AutoModelForCausalLM.from_pretrained("{path}", dtype=torch.bfloat16, device_map="auto",
+                                           max_memory={{"cpu": "800MB"}}, offload_folder=folder)
+mem = AutoModelForCausalLM.from_pretrained("{path}", dtype=torch.bfloat16)
+x = torch.arange(16)[None]
+a, b = [], []
+with torch.no_grad():
+    same = torch.equal(off(x).logits, mem(x).logits)
+    for _ in range({n}):
+        t = time.perf_counter(); off(x); a.append(time.perf_counter() - t)
+        t = time.perf_counter(); mem(x); b.append(time.perf_counter() - t)
+shutil.rmtree(folder, ignore_errors=True)
+print(f"offloaded {{statistics.median(a):.4f}} s, in memory {{statistics.median(b):.4f}} s, "
+      f"median of paired ratios {{statistics.median(x / y for x, y in zip(a, b)):.3f}} (target <= 1.1), "
+      f"outputs {{'identical' if same else 'DIFFER'}}")
+"""
+
+
 def main():
-    args = parse_args(__doc__.splitlines()[0])
+    args = parse_args(__doc__.splitlines()[0],
+                      lambda ap: ap.add_argument("--paired", type=int, default=0, metavar="N"))
+    if args.paired:
+        _, rss, out = run_child(PAIRED.format(path=args.path, n=args.paired))
+        print(out.strip(), f"(peak RSS {rss / 2**30:.2f} GiB, both models)")
+        return {}
     results = {}
     for offload in (True, False):
         code = {side: CHILD.format(lib=lib, path=args.path, offload=offload) for side, lib in LIBS.items()}
