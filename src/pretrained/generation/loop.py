@@ -225,44 +225,12 @@ class GenerationMixin:
         beams, sample = config.get("num_beams"), config.get("do_sample")
         expand = beams if beams > 1 else config.get("num_return_sequences")
         flags = record.flags() if record is not None else {}
-        encoder = None
-        if encoder_decoder:
-            start = config.decoder_start_token_id
-            if start is None:
-                start = getattr(self.config, "decoder_start_token_id", None)
-            if start is None:
-                start = config.bos_token_id
-            if start is None:
-                raise ConfigError("GenerationConfig.decoder_start_token_id=None is invalid: an encoder-decoder "
-                                  "needs the token its decoder starts from.")
-            encoder = self.get_encoder()(input_ids=input_ids, attention_mask=attention_mask, return_dict=True,
-                                         **flags)
-            encoder.last_hidden_state = encoder.last_hidden_state.repeat_interleave(expand, dim=0)
-            decoder = _Decoder(self, attention_mask.repeat_interleave(expand, dim=0), config.get("use_cache"),
-                               encoder, attention_mask.repeat_interleave(expand, dim=0))
-            ids = torch.full((input_ids.shape[0] * expand, 1), start, dtype=torch.long, device=device)
-            prompt_ignore = None
-        else:
-            ids = input_ids.repeat_interleave(expand, dim=0)
-            decoder = _Decoder(self, attention_mask.repeat_interleave(expand, dim=0), config.get("use_cache"))
-            prompt_ignore = attention_mask == 0
-        decoder.flags = flags
+        decoder, ids, encoder, prompt_ignore = self._start_decoding(config, input_ids, attention_mask, expand, flags)
         prompt_length = ids.shape[1]
         max_length = (config.max_new_tokens + prompt_length if config.max_new_tokens is not None
                       else config.get("max_length"))
         if config.get("cache_implementation") == "static" and decoder.use_cache:
-            # the last token is never fed back: max_length - 1 positions (as the reference sizes it)
-            length = max(max_length - 1, prompt_length)
-            if encoder_decoder or not decoder.takes_position:  # filled part of the cache, growing shapes
-                static = StaticCache(max_cache_len=length)
-                decoder.cache = EncoderDecoderCache(static, DynamicCache()) if encoder_decoder else static
-            else:
-                settings = compile_settings(self, config, device)
-                step = None
-                if settings is not None:
-                    step = compiled_step(self, settings)
-                    length = step.cache_length(length)
-                decoder.fix(StaticCache(max_cache_len=length), step)
+            self._use_static_cache(decoder, config, max_length, prompt_length, device)
         processors = lp.processors_for(config, prompt_length, prompt_ignore, beams=beams > 1)
         stops = None
         if config.get("stop_strings"):
@@ -282,6 +250,43 @@ class GenerationMixin:
         if record is None:
             return ids
         return record.output(ids, decoder.cache, encoder, beam=beams > 1)
+
+    def _start_decoding(self, config: GenerationConfig, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                        expand: int, flags: dict[str, bool]):
+        """(decoder, first ids (B x expand, S), encoder output or None, prompt padding or None): an
+        encoder-decoder runs its encoder once and decodes from `decoder_start_token_id`; a decoder-only model
+        continues its prompt. Each prompt is repeated `expand` times (beams or returned sequences)."""
+        mask = attention_mask.repeat_interleave(expand, dim=0)
+        if not getattr(self.config, "is_encoder_decoder", False):
+            decoder = _Decoder(self, mask, config.get("use_cache"))
+            decoder.flags = flags
+            return decoder, input_ids.repeat_interleave(expand, dim=0), None, attention_mask == 0
+        start = next((s for s in (config.decoder_start_token_id, getattr(self.config, "decoder_start_token_id",
+                                                                          None), config.bos_token_id)
+                      if s is not None), None)
+        if start is None:
+            raise ConfigError("GenerationConfig.decoder_start_token_id=None is invalid: an encoder-decoder "
+                              "needs the token its decoder starts from.")
+        encoder = self.get_encoder()(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **flags)
+        encoder.last_hidden_state = encoder.last_hidden_state.repeat_interleave(expand, dim=0)
+        decoder = _Decoder(self, mask, config.get("use_cache"), encoder, mask)
+        decoder.flags = flags
+        ids = torch.full((input_ids.shape[0] * expand, 1), start, dtype=torch.long, device=input_ids.device)
+        return decoder, ids, encoder, None
+
+    def _use_static_cache(self, decoder: _Decoder, config: GenerationConfig, max_length: int, prompt_length: int,
+                          device: torch.device) -> None:
+        """`cache_implementation="static"`: a cache of max_length - 1 positions (the last token is never fed back;
+        the reference sizes it so). Models that take `cache_position` decode over it with fixed shapes, through
+        the compiled step when `compile_settings` says so; others (T5) fill it as it grows."""
+        length = max(max_length - 1, prompt_length)
+        if self.config.is_encoder_decoder or not decoder.takes_position:
+            static = StaticCache(max_cache_len=length)
+            decoder.cache = EncoderDecoderCache(static, DynamicCache()) if self.config.is_encoder_decoder else static
+            return
+        settings = compile_settings(self, config, device)
+        step = compiled_step(self, settings) if settings is not None else None
+        decoder.fix(StaticCache(max_cache_len=step.cache_length(length) if step else length), step)
 
     def get_encoder(self):
         return getattr(self, "encoder")
