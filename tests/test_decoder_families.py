@@ -294,6 +294,41 @@ def test_kv_cache_incremental_equals_full_forward(family, attn):
     torch.testing.assert_close(torch.cat(steps, dim=1)[keep], full[keep], atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_fixed_length_static_cache_equals_full_forward(family):
+    """Given `cache_position`, a StaticCache is written in place and attended over whole (fixed shapes, what a
+    compiled step needs); stepping through it equals the full forward, left padding and Mistral's window included."""
+    ours = our_model(family, "ForCausalLM")
+    B, T = 3, 12
+    ids = token_ids(B, T)
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[1, :2] = mask[2, :5] = 0
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = pretrained.StaticCache(max_cache_len=16)
+    with torch.no_grad():
+        full = ours(ids, attention_mask=mask).logits
+        steps, start = [], 0
+        for end in (4, 7, *range(8, T + 1)):  # a prefix, a chunk, then one token at a time
+            out = ours(ids[:, start:end], attention_mask=mask, position_ids=positions[:, start:end],
+                       past_key_values=cache, cache_position=torch.arange(start, end), use_cache=True)
+            steps.append(out.logits)
+            start = end
+    assert cache.keys[0].shape[2] == 16 and cache.get_seq_length() == T  # fixed length, T written
+    keep = mask.bool()
+    torch.testing.assert_close(torch.cat(steps, dim=1)[keep], full[keep], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["mistral", "qwen2", "gemma"])
+def test_generate_with_static_cache_matches_reference(tmp_path, family):
+    ref, ours = load_pair(tmp_path, family, "ForCausalLM", **SLIDING.get(family, {}))
+    ids = token_ids(2, 7)
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    for kwargs in (dict(max_new_tokens=12), dict(max_new_tokens=8, num_beams=3)):
+        expected = ref.generate(ids, attention_mask=mask, **kwargs)
+        assert torch.equal(ours.generate(ids, attention_mask=mask, cache_implementation="static", **kwargs), expected)
+
+
 SLIDING = {  # family -> config overrides that give it a window smaller than the sequence
     "mistral": {"sliding_window": 4},
     "qwen2": {"use_sliding_window": True, "sliding_window": 4, "max_window_layers": 1},  # layer 1 slides

@@ -20,7 +20,7 @@ _EXPORTS = {
     "ModuleUtilsMixin": "modeling.utils",
     "load_sharded_checkpoint": "modeling.sharded",
     "infer_auto_device_map": "dispatch.plan",
-    "DynamicCache": "generation.cache", "EncoderDecoderCache": "generation.cache",
+    "DynamicCache": "generation.cache", "EncoderDecoderCache": "generation.cache", "StaticCache": "generation.cache",
     "GenerationConfig": "generation.config", "CompileConfig": "generation.config", "GenerationMixin": "generation.loop",
     "TextStreamer": "generation.streamers", "TokenStreamer": "generation.streamers",
     "GenerateDecoderOnlyOutput": "generation.outputs", "GenerateEncoderDecoderOutput": "generation.outputs",
