@@ -108,3 +108,21 @@ def hub_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
     return cache
+
+
+_INDUCTOR: list[str | None] = []  # [None] when torch.compile works here, [why not] otherwise
+
+
+@pytest.fixture
+def inductor():
+    """Skip unless torch.compile's default backend works on this machine: on CPUs it builds C++ (it needs a C++
+    compiler and Python's headers), which a bare machine may lack. Probed once, on a one-line function."""
+    if not _INDUCTOR:
+        try:
+            x = torch.arange(4.0)
+            ok = torch.equal(torch.compile(lambda t: t * 2 + 1, dynamic=False)(x), x * 2 + 1)
+            _INDUCTOR.append(None if ok else "torch.compile gave a wrong result on a probe")
+        except Exception as e:  # noqa: BLE001 - any failure means: cannot compile here
+            _INDUCTOR.append(f"torch.compile does not work here ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+    if _INDUCTOR[0]:
+        pytest.skip(_INDUCTOR[0])

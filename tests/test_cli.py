@@ -196,7 +196,7 @@ def test_help_is_fast_and_module_entry_point_works():
 
 
 # ---- generate --------------------------------------------------------------------------------------------------
-def test_generate_compile_flag(reference_checkpoint, tmp_path, capsys, monkeypatch):
+def test_generate_compile_flag(reference_checkpoint, tmp_path, capsys, monkeypatch, inductor):
     """`--compile`: a static cache and a compiled step (compiling takes seconds), the reference's greedy tokens."""
     import torch
     import transformers

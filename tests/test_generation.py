@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import warnings
 
 import pytest
 import torch
@@ -188,7 +189,7 @@ def test_fixed_static_cache_matches_the_reference_and_the_dynamic_cache(llama, k
     assert fixed == [None, None]  # the fixed-length path was taken, and not compiled
 
 
-def test_compiled_step_matches_the_reference_and_compiles_once(llama, monkeypatch):
+def test_compiled_step_matches_the_reference_and_compiles_once(llama, monkeypatch, inductor):
     """`compile_config` on the CPU: one-token steps go through the torch.compile'd step; a second generate with the
     same settings reuses it, without compiling the function again nor recompiling its graph."""
     from pretrained.generation import compiled as compiled_module
@@ -222,7 +223,7 @@ def test_compiled_step_matches_the_reference_and_compiles_once(llama, monkeypatc
     assert len(made) == 1 and len(ran) == 38 + 6
 
 
-def test_compiled_step_left_padded_batch_matches_the_reference(llama):
+def test_compiled_step_left_padded_batch_matches_the_reference(llama, inductor):
     ref, ours = llama
     ids, mask = _prompts()
     expected = ref.generate(ids[:2], attention_mask=mask[:2], max_new_tokens=20)
@@ -709,3 +710,36 @@ def test_generate_command_streams_text(tmp_path, capsys):
     assert main(["generate", str(tmp_path), "--prompt", prompt, "--max-new-tokens", "3", "--do-sample",
                  "--top-k", "5", "--seed", "1"]) == 0
     assert main(["generate", str(tmp_path / "nowhere"), "--prompt", prompt]) == 2
+
+
+def test_default_compile_falls_back_when_compiling_fails(llama, monkeypatch):
+    """On a GPU a static cache compiles by default; if compiling fails there (no compiler, an unsupported op), the
+    step runs eagerly with a warning, and later calls do not try again. Asked for with compile_config, it raises."""
+    from pretrained.generation import compiled as compiled_module
+    from pretrained.generation import loop
+
+    ref, ours = llama
+    attempts = []
+
+    def broken_compile(fn, **kwargs):
+        def step(**inputs):
+            attempts.append(1)
+            raise RuntimeError("no C++ compiler\nmore detail")
+        return step
+
+    monkeypatch.setattr(compiled_module.torch, "compile", broken_compile)
+    monkeypatch.setattr(loop, "compile_settings", lambda model, config, device: (
+        None if config.get("disable_compile") else config.get("compile_config") or CompileConfig()))
+    compiled_module._STEPS.pop(ours, None)
+    ids, _ = _prompts()
+    expected = ref.generate(ids[:1], max_new_tokens=6)
+    with pytest.warns(RuntimeWarning, match="compiling the decoding step failed .RuntimeError: no C.. compiler"):
+        assert torch.equal(ours.generate(ids[:1], max_new_tokens=6, cache_implementation="static"), expected)
+    assert attempts == [1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second attempt, no second warning
+        assert torch.equal(ours.generate(ids[:1], max_new_tokens=6, cache_implementation="static"), expected)
+    assert attempts == [1]
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
+        ours.generate(ids[:1], max_new_tokens=6, cache_implementation="static", compile_config=CompileConfig())
+    compiled_module._STEPS.pop(ours, None)

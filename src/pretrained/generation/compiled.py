@@ -55,13 +55,22 @@ class CompiledStep:
 
         self.run = torch.compile(step, **kwargs)
         self.longest = 0
+        self.ran = False  # a call has succeeded (compilation worked)
+        self.failed: str | None = None  # why compiling failed, when it did before any call succeeded
 
     def cache_length(self, needed: int) -> int:
         self.longest = max(self.longest, needed)
         return self.longest
 
     def __call__(self, **inputs: Any):
-        return self.run(**inputs)
+        try:
+            out = self.run(**inputs)
+        except Exception as e:
+            if not self.ran:
+                self.failed = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
+            raise
+        self.ran = True
+        return out
 
 
 _STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {compile settings: CompiledStep}

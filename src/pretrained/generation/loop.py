@@ -39,6 +39,7 @@ class _Decoder:
         self.fixed = False  # decoding over a fixed-length cache (see `fix`)
         self.filled = 0  # with `fixed`: positions written so far
         self.compiled: Any = None  # with `fixed`: the compiled one-token step, if any
+        self.compile_optional = False  # compiling was a default (a GPU), not asked for: fall back if it fails
         self.flags: dict[str, bool] = {}  # output_attentions / output_hidden_states, set only when they are kept
         self.step: tuple[Any, Any, Any] | None = None  # the last call's (attentions, cross-attentions, hidden states)
 
@@ -67,7 +68,19 @@ class _Decoder:
         if self.keep_one:
             kwargs["logits_to_keep"] = 1
         compiled = self.compiled is not None and T == 1 and not self.flags
-        out = (self.compiled if compiled else self.model)(**kwargs, **self.flags)
+        if compiled:
+            try:
+                out = self.compiled(**kwargs)
+            except Exception:
+                if not self.compile_optional or self.compiled.failed is None:
+                    raise
+                warnings.warn(f"generate(): compiling the decoding step failed ({self.compiled.failed}); decoding "
+                              "without compiling. disable_compile=True skips the attempt.", RuntimeWarning,
+                              stacklevel=4)
+                compiled, self.compiled = False, None
+                out = self.model(**kwargs)
+        else:
+            out = self.model(**kwargs, **self.flags)
         self.filled = past + T
         if compiled:
             self.cache.set_length(self.filled)
@@ -286,6 +299,9 @@ class GenerationMixin:
             return
         settings = compile_settings(self, config, device)
         step = compiled_step(self, settings) if settings is not None else None
+        decoder.compile_optional = config.get("compile_config") is None
+        if step is not None and step.failed and decoder.compile_optional:
+            step = None  # it failed before on this machine: do not try again by default
         decoder.fix(StaticCache(max_cache_len=step.cache_length(length) if step else length), step)
 
     def get_encoder(self):
