@@ -131,12 +131,29 @@ def test_max_length_and_no_cache(pair):
 
 
 def test_static_cache_gives_the_same_tokens(pair):
+    """Every family here takes `cache_position`: a static cache is decoded over with fixed shapes (`_Decoder.fix`,
+    eager on the CPU; T5's self-attention cache included), giving the reference's tokens and our dynamic cache's."""
+    from pretrained.generation.loop import _Decoder
+
     ref, ours, _ = pair
     ids, mask = _prompts()
-    for kw in (dict(max_new_tokens=8), dict(max_new_tokens=6, num_beams=3)):
-        dynamic = ours.generate(ids, attention_mask=mask, **kw)
-        assert torch.equal(ours.generate(ids, attention_mask=mask, cache_implementation="static", **kw), dynamic)
-    _same(ref, ours, ids, mask, max_new_tokens=8, cache_implementation="static")
+    fixed = []
+    real_fix = _Decoder.fix
+
+    def fix(self, cache, compiled=None):
+        fixed.append(compiled)
+        return real_fix(self, cache, compiled)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_Decoder, "fix", fix)
+        for kw in (dict(max_new_tokens=8), dict(max_new_tokens=6, num_beams=3)):
+            for prompt, prompt_mask in ((ids[:1], None), (ids, mask)):
+                expected = ref.generate(prompt, attention_mask=prompt_mask, **kw)
+                static = ours.generate(prompt, attention_mask=prompt_mask, cache_implementation="static", **kw)
+                assert torch.equal(static, expected), (kw, prompt.shape, expected, static)
+                assert torch.equal(ours.generate(prompt, attention_mask=prompt_mask, **kw), expected)
+        _same(ref, ours, ids, mask, max_new_tokens=8, cache_implementation="static")
+    assert fixed == [None] * 5  # the fixed-length path every time, not compiled
 
 
 def test_streamer_gets_prompt_then_each_token(pair):
@@ -230,6 +247,35 @@ def test_compiled_step_left_padded_batch_matches_the_reference(llama, inductor):
     actual = ours.generate(ids[:2], attention_mask=mask[:2], max_new_tokens=20, cache_implementation="static",
                            compile_config=CompileConfig())
     assert torch.equal(actual, expected), (expected, actual)
+
+
+def test_compiled_t5_step_matches_the_reference(monkeypatch, tmp_path, inductor):
+    """An encoder-decoder decodes over a fixed self-attention cache too: its first step (the start token) runs
+    eagerly and fills the cache's buffers and the cross-attention keys, then every one-token step is compiled; a
+    second generate reuses the compiled step without recompiling."""
+    from pretrained.generation import compiled as compiled_module
+
+    ref, auto = _reference_model("t5")
+    ref.save_pretrained(tmp_path)
+    ours = auto.from_pretrained(tmp_path)
+    calls = []
+    real_call = compiled_module.CompiledStep.__call__
+
+    def counted(self, **inputs):
+        calls.append(tuple(inputs["decoder_input_ids"].shape))
+        return real_call(self, **inputs)
+
+    monkeypatch.setattr(compiled_module.CompiledStep, "__call__", counted)
+    ids, _ = _prompts()
+    kw = dict(max_new_tokens=10, cache_implementation="static", compile_config=CompileConfig())
+    expected = ref.generate(ids[:1], max_new_tokens=10)
+    first = ours.generate(ids[:1], **kw)
+    assert torch.equal(first, expected), (expected, first)
+    assert calls == [(1, 1)] * 9
+    with torch.compiler.set_stance("fail_on_recompile"):  # raises if the graph had to be compiled again
+        assert torch.equal(ours.generate(ids[:1], **kw), expected)
+    assert len(calls) == 18
+    compiled_module._STEPS.pop(ours, None)
 
 
 def test_row_vector_linear_rewrites_only_single_cpu_rows():

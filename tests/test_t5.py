@@ -323,6 +323,42 @@ def test_incremental_decoding_matches_full_forward(tmp_path, ff):
     assert cache.cross_attention_cache.keys[0].shape == (2, 4, ids.shape[1], 8)
 
 
+def test_fixed_static_cache_steps_match_full_forward(tmp_path):
+    """`cache_position` with a StaticCache as the self-attention cache: each step attends over the whole buffer
+    (unwritten positions masked, relative positions from cache_position); stepped token by token it gives the
+    full forward's logits, and the cross-attention keys are computed once."""
+    from pretrained.generation.cache import DynamicCache, EncoderDecoderCache, StaticCache
+
+    ref = reference("T5ForConditionalGeneration")
+    ref.save_pretrained(tmp_path)
+    ours = pretrained.T5ForConditionalGeneration.from_pretrained(tmp_path)
+    b = batch(tgt=7)
+    ids, mask, dec = b["input_ids"], b["attention_mask"], b["decoder_input_ids"]
+    L = dec.shape[1] + 3  # positions never written stay masked
+    with torch.no_grad():
+        full = ours(input_ids=ids, attention_mask=mask, decoder_input_ids=dec, use_cache=False)
+        enc = (full.encoder_last_hidden_state,)
+        cache = EncoderDecoderCache(StaticCache(max_cache_len=L), DynamicCache())
+        steps = []
+        for t in range(dec.shape[1]):
+            out = ours(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=dec[:, t:t + 1],
+                       past_key_values=cache, use_cache=True, cache_position=torch.tensor([t]))
+            if t == 0:
+                cross = list(cache.cross_attention_cache.keys)
+            assert all(a is b for a, b in zip(cross, cache.cross_attention_cache.keys))  # reused, not redone
+            steps.append(out.logits)
+        assert_close(torch.cat(steps, dim=1), full.logits, atol=1e-5)
+        assert cache.self_attention_cache.keys[0].shape == (2, 4, L, 8)  # the whole buffer, written in place
+        assert cache.get_seq_length() == dec.shape[1]
+        # several tokens at once into a fresh fixed cache: the same logits
+        cache = EncoderDecoderCache(StaticCache(max_cache_len=L), DynamicCache())
+        first = ours(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=dec[:, :4], past_key_values=cache,
+                     cache_position=torch.arange(4))
+        rest = ours(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=dec[:, 4:], past_key_values=cache,
+                    cache_position=torch.arange(4, dec.shape[1]))
+        assert_close(torch.cat([first.logits, rest.logits], dim=1), full.logits, atol=1e-5)
+
+
 def test_attention_implementations_and_optional_outputs(tmp_path):
     """sdpa == eager; attentions and hidden states equal the reference's (eager), same count and shapes."""
     reference("T5ForConditionalGeneration", feed_forward_proj="gated-gelu").save_pretrained(tmp_path)

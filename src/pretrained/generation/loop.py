@@ -48,12 +48,17 @@ class _Decoder:
             return self.filled
         return self.cache.get_seq_length() if self.cache is not None else 0
 
-    def fix(self, cache: StaticCache, compiled: Any = None) -> None:
-        """Decode over `cache` with the same shapes at every step: the mask and the positions are laid out once
-        for all its `max_cache_len` positions (those after the prompt count as tokens: causality hides them until
-        they are written), and each call says where its tokens go (`cache_position`). One-token steps then go
-        through `compiled` when given."""
+    def fix(self, cache: StaticCache | EncoderDecoderCache, compiled: Any = None) -> None:
+        """Decode over `cache` with the same shapes at every step: each call says where its tokens go
+        (`cache_position`). For a decoder-only model the mask and the positions are laid out once for all the
+        cache's `max_cache_len` positions (those after the prompt count as tokens: causality hides them until
+        they are written); an encoder-decoder's cache is an EncoderDecoderCache whose self-attention part is the
+        fixed one (its decoder inputs have no padding; the mask is the encoder's). One-token steps after the
+        first call go through `compiled` when given (the first call fills the cache's buffers and, for an
+        encoder-decoder, the cross-attention keys, eagerly: every compiled call then sees the same state)."""
         self.cache, self.fixed, self.compiled = cache, True, compiled
+        if self.encoder is not None:
+            return
         extra = cache.max_cache_len - self.mask.shape[1]
         self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], extra)], dim=1)
         self.positions = (self.mask.long().cumsum(-1) - 1).masked_fill(self.mask == 0, 1)
@@ -61,13 +66,16 @@ class _Decoder:
     def _fixed_step(self, ids: torch.Tensor) -> torch.Tensor:
         past, T = self.filled, ids.shape[1] - self.filled
         # fresh contiguous inputs: a slice of the growing `ids` would change strides (and recompile) every step
-        kwargs = dict(input_ids=ids[:, past:].clone(memory_format=torch.contiguous_format),
-                      attention_mask=self.mask, position_ids=self.positions[:, past:past + T],
-                      cache_position=torch.arange(past, past + T, device=ids.device),
-                      past_key_values=self.cache, use_cache=True, return_dict=True)
+        new = ids[:, past:].clone(memory_format=torch.contiguous_format)
+        kwargs: dict[str, Any] = dict(cache_position=torch.arange(past, past + T, device=ids.device),
+                                      past_key_values=self.cache, use_cache=True, return_dict=True)
+        if self.encoder is not None:
+            kwargs.update(decoder_input_ids=new, encoder_outputs=self.encoder, attention_mask=self.encoder_mask)
+        else:
+            kwargs.update(input_ids=new, attention_mask=self.mask, position_ids=self.positions[:, past:past + T])
         if self.keep_one:
             kwargs["logits_to_keep"] = 1
-        compiled = self.compiled is not None and T == 1 and not self.flags
+        compiled = self.compiled is not None and T == 1 and past > 0 and not self.flags
         if compiled:
             try:
                 out = self.compiled(**kwargs)
@@ -83,9 +91,12 @@ class _Decoder:
             out = self.model(**kwargs, **self.flags)
         self.filled = past + T
         if compiled:
-            self.cache.set_length(self.filled)
+            getattr(self.cache, "self_attention_cache", self.cache).set_length(self.filled)
         if self.flags:
-            self.step = (out.attentions, None, out.hidden_states)
+            if self.encoder is not None:
+                self.step = (out.decoder_attentions, out.cross_attentions, out.decoder_hidden_states)
+            else:
+                self.step = (out.attentions, None, out.hidden_states)
         return out.logits[:, -1, :].to(dtype=torch.float32, copy=True)
 
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
@@ -291,18 +302,24 @@ class GenerationMixin:
                           device: torch.device) -> None:
         """`cache_implementation="static"`: a cache of max_length - 1 positions (the last token is never fed back;
         the reference sizes it so). Models that take `cache_position` decode over it with fixed shapes, through
-        the compiled step when `compile_settings` says so; others (T5) fill it as it grows."""
+        the compiled step when `compile_settings` says so; others fill it as it grows. An encoder-decoder's
+        self-attention cache is the static one (its cross-attention cache is filled once, on the first step)."""
         length = max(max_length - 1, prompt_length)
-        if self.config.is_encoder_decoder or not decoder.takes_position:
-            static = StaticCache(max_cache_len=length)
-            decoder.cache = EncoderDecoderCache(static, DynamicCache()) if self.config.is_encoder_decoder else static
+        encoder_decoder = bool(self.config.is_encoder_decoder)
+
+        def cache(n: int):
+            static = StaticCache(max_cache_len=n)
+            return EncoderDecoderCache(static, DynamicCache()) if encoder_decoder else static
+
+        if not decoder.takes_position:
+            decoder.cache = cache(length)
             return
         settings = compile_settings(self, config, device)
         step = compiled_step(self, settings) if settings is not None else None
         decoder.compile_optional = config.get("compile_config") is None
         if step is not None and step.failed and decoder.compile_optional:
             step = None  # it failed before on this machine: do not try again by default
-        decoder.fix(StaticCache(max_cache_len=step.cache_length(length) if step else length), step)
+        decoder.fix(cache(step.cache_length(length) if step else length), step)
 
     def get_encoder(self):
         return getattr(self, "encoder")

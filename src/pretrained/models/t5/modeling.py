@@ -16,6 +16,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ...generation.cache import DynamicCache, EncoderDecoderCache
 from ...generation.loop import GenerationMixin
+from ...layers.attention import cache_positions, causal_mask
 from ...layers.mlp import activation
 from ...modeling.base import ModelFacts, PreTrainedModel
 from ...modeling.losses import token_loss
@@ -142,11 +143,17 @@ class T5Attention(nn.Module):
         if has_relative_attention_bias:
             self.relative_attention_bias = _embedding(config.relative_attention_num_buckets, config.num_heads, C**-0.5)
 
-    def compute_bias(self, q_len: int, kv_len: int, past: int = 0, device: torch.device | None = None) -> torch.Tensor:
-        """(1, H, q_len, kv_len) learned bias of each key position relative to each query (queries start at `past`)."""
+    def compute_bias(self, q_len: int, kv_len: int, past: int = 0, device: torch.device | None = None,
+                     query_positions: torch.Tensor | None = None) -> torch.Tensor:
+        """(1, H, q_len, kv_len) learned bias of each key position relative to each query. The queries start at
+        `past`, or sit at `query_positions` (q_len,) when given (a fixed-length cache: read as a tensor, never as
+        a Python number, so that a compiled step does not depend on it)."""
         table = self.relative_attention_bias
         device = table.weight.device if device is None else device
-        query_pos = torch.arange(q_len, dtype=torch.long, device=device)[:, None] + past
+        if query_positions is None:
+            query_pos = torch.arange(q_len, dtype=torch.long, device=device)[:, None] + past
+        else:
+            query_pos = query_positions.to(device=device, dtype=torch.long)[:, None]
         key_pos = torch.arange(kv_len, dtype=torch.long, device=device)[None, :]
         buckets = relative_position_bucket(key_pos - query_pos, bidirectional=not self.is_decoder,
                                            num_buckets=self.config.relative_attention_num_buckets,
@@ -156,14 +163,15 @@ class T5Attention(nn.Module):
     def _heads(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, H*D) -> (B, H, L, D)
         return x.view(x.shape[0], x.shape[1], -1, self.key_value_proj_dim).transpose(1, 2)
 
-    def forward(self, x, bias, encoder_states=None, cache=None, output_attentions=False):
+    def forward(self, x, bias, encoder_states=None, cache=None, output_attentions=False, cache_position=None):
         """x (B, T, C); bias additive (B|1, H|1, T, S|E) or None; encoder_states (B, E, C) for cross-attention;
-        cache: an EncoderDecoderCache (decoder only). Returns (B, T, C) and the attention weights or None."""
+        cache: an EncoderDecoderCache (decoder only); cache_position (T,): where a fixed-length self-attention
+        cache is written (it then returns its whole buffers). Returns (B, T, C) and the attention weights or None."""
         q = self._heads(self.q(x))  # (B, H, T, D)
         if encoder_states is None:  # self-attention: grow the cache with this step's keys
             k, v = self._heads(self.k(x)), self._heads(self.v(x))
             if cache is not None:
-                k, v = cache.self_attention_cache.update(k, v, self.layer_idx)  # (B, H, S, D)
+                k, v = cache.self_attention_cache.update(k, v, self.layer_idx, cache_position)  # (B, H, S, D)
         elif cache is not None and cache.is_updated.get(self.layer_idx):  # cross-attention, encoder K/V known
             k = cache.cross_attention_cache.keys[self.layer_idx]
             v = cache.cross_attention_cache.values[self.layer_idx]
@@ -196,8 +204,8 @@ class T5LayerSelfAttention(nn.Module):
         self.layer_norm = T5LayerNorm(config.d_model, eps=config.layer_norm_epsilon)
         self.dropout = nn.Dropout(config.dropout_rate)
 
-    def forward(self, x, bias, cache=None, output_attentions=False):
-        out, weights = self.SelfAttention(self.layer_norm(x), bias, None, cache, output_attentions)
+    def forward(self, x, bias, cache=None, output_attentions=False, cache_position=None):
+        out, weights = self.SelfAttention(self.layer_norm(x), bias, None, cache, output_attentions, cache_position)
         return x + self.dropout(out), weights
 
 
@@ -235,8 +243,9 @@ class T5Block(nn.Module):
             self.layer.append(T5LayerCrossAttention(config, layer_idx))
         self.layer.append(T5LayerFF(config))
 
-    def forward(self, x, bias, encoder_states=None, cross_bias=None, cache=None, output_attentions=False):
-        x, self_weights = self.layer[0](x, bias, cache, output_attentions)
+    def forward(self, x, bias, encoder_states=None, cross_bias=None, cache=None, output_attentions=False,
+                cache_position=None):
+        x, self_weights = self.layer[0](x, bias, cache, output_attentions, cache_position)
         x = _clamp_half(x)
         cross_weights = None
         if self.is_decoder and encoder_states is not None:
@@ -285,6 +294,7 @@ class T5Stack(nn.Module):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        cache_position: torch.LongTensor | None = None,  # (T,) decoder: where the new tokens go in the cache
     ):
         cfg = self.config
         output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
@@ -305,19 +315,30 @@ class T5Stack(nn.Module):
                 cache = EncoderDecoderCache()
         elif use_cache:
             raise ValueError("use_cache=True needs the decoder; the encoder keeps no cache.")
-        past = cache.get_seq_length() if cache is not None else 0
-        S = past + T
+        # A fixed-length self-attention cache (given `cache_position`) is attended over whole: S = its length,
+        # the queries sit at cache_position, the mask hides what they may not see (written or not).
+        fixed = False
+        if cache is not None and cache_position is not None:
+            cache_position, S, fixed = cache_positions(cache.self_attention_cache, T, x.device, cache_position)
 
         # One additive bias for every block: relative positions (block 0's table) where attending is allowed.
         attn = self.block[0].layer[0].SelfAttention
-        position_bias = attn.compute_bias(T, S, past, device=x.device)  # (1, H, T, S)
-        allowed = None
-        if self.is_decoder:
-            allowed = (torch.arange(S, device=x.device)[None, :] <= torch.arange(T, device=x.device)[:, None] + past)
-            allowed = allowed[None, None]  # (1, 1, T, S)
-        if attention_mask is not None:
-            keep = attention_mask[:, None, None, -S:].to(device=x.device, dtype=torch.bool)  # (B, 1, 1, S)
-            allowed = keep if allowed is None else allowed & keep
+        if fixed:
+            position_bias = attn.compute_bias(T, S, device=x.device, query_positions=cache_position)  # (1, H, T, S)
+            allowed = causal_mask(attention_mask, T, S, x.device, q_positions=cache_position)  # (B|1, 1, T, S)
+        else:
+            past = cache.get_seq_length() if cache is not None else 0
+            S = past + T
+            position_bias = attn.compute_bias(T, S, past, device=x.device)  # (1, H, T, S)
+            allowed = None
+            if self.is_decoder:
+                allowed = (torch.arange(S, device=x.device)[None, :]
+                           <= torch.arange(T, device=x.device)[:, None] + past)
+                allowed = allowed[None, None]  # (1, 1, T, S)
+            if attention_mask is not None:
+                keep = attention_mask[:, None, None, -S:].to(device=x.device, dtype=torch.bool)  # (B, 1, 1, S)
+                allowed = keep if allowed is None else allowed & keep
+        write_at = cache_position if fixed else None
         bias = _additive(allowed, position_bias, position_bias.dtype)
         cross_bias = None
         if self.is_decoder and encoder_hidden_states is not None and encoder_attention_mask is not None:
@@ -329,7 +350,7 @@ class T5Stack(nn.Module):
         for block in self.block:
             if output_hidden_states:
                 all_hidden.append(x)
-            args = (x, bias, encoder_hidden_states, cross_bias, cache, output_attentions)
+            args = (x, bias, encoder_hidden_states, cross_bias, cache, output_attentions, write_at)
             if self.gradient_checkpointing and self.training:
                 x, weights, cross_weights = checkpoint(block, *args, **self.gradient_checkpointing_kwargs)
             else:
@@ -460,6 +481,7 @@ class T5Model(T5PreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        cache_position: torch.LongTensor | None = None,  # (T,) where the new decoder tokens go in the cache
     ):
         enc = self._encode(input_ids, attention_mask, inputs_embeds, encoder_outputs, output_attentions,
                            output_hidden_states)
@@ -467,7 +489,8 @@ class T5Model(T5PreTrainedModel):
                            inputs_embeds=decoder_inputs_embeds, encoder_hidden_states=enc.last_hidden_state,
                            encoder_attention_mask=attention_mask, past_key_values=past_key_values,
                            use_cache=use_cache, output_attentions=output_attentions,
-                           output_hidden_states=output_hidden_states, return_dict=True)
+                           output_hidden_states=output_hidden_states, return_dict=True,
+                           cache_position=cache_position)
         out = Seq2SeqModelOutput(
             last_hidden_state=dec.last_hidden_state, past_key_values=dec.past_key_values,
             decoder_hidden_states=dec.hidden_states, decoder_attentions=dec.attentions,
@@ -514,6 +537,7 @@ class T5ForConditionalGeneration(T5PreTrainedModel, GenerationMixin):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        cache_position: torch.LongTensor | None = None,  # (T,) where the new decoder tokens go in the cache
     ):
         enc = self._encode(input_ids, attention_mask, inputs_embeds, encoder_outputs, output_attentions,
                            output_hidden_states)
@@ -523,7 +547,8 @@ class T5ForConditionalGeneration(T5PreTrainedModel, GenerationMixin):
                            inputs_embeds=decoder_inputs_embeds, encoder_hidden_states=enc.last_hidden_state,
                            encoder_attention_mask=attention_mask, past_key_values=past_key_values,
                            use_cache=use_cache, output_attentions=output_attentions,
-                           output_hidden_states=output_hidden_states, return_dict=True)
+                           output_hidden_states=output_hidden_states, return_dict=True,
+                           cache_position=cache_position)
         hidden = dec.last_hidden_state
         if self.config.scale_decoder_outputs:  # the original T5 reuses the input table as head: rescale first
             hidden = hidden * (self.model_dim**-0.5)
