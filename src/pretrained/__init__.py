@@ -6,8 +6,8 @@ needs it is first used.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ._lazy import lazy_exports
+
 
 __version__ = "0.1.0"
 
@@ -44,16 +44,4 @@ for _folder, (_prefix, _suffixes) in _FAMILIES.items():
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'pretrained' has no attribute '{name}'")
-    module = _EXPORTS[name]
-    if module is None:
-        return importlib.import_module(f".{name}", __name__)
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
