@@ -2,11 +2,13 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-$(STAMP): pyproject.toml
+# constraints.txt pins every package of the test environment (see its header); a change to it rebuilds the venv.
+$(STAMP): pyproject.toml constraints.txt
+	rm -rf .venv
 	python3 -m venv .venv
 	# torch first and pinned, so pip takes the local CPU build rather than a CUDA download
-	.venv/bin/pip install --quiet torch==2.13.0
-	.venv/bin/pip install --quiet -e ".[test]"
+	.venv/bin/pip install --quiet -c constraints.txt torch==2.13.0
+	PIP_CONSTRAINT=constraints.txt .venv/bin/pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
 .PHONY: setup demo test bench

@@ -8,6 +8,8 @@ A family with no tiny config in TINY fails `test_every_family_has_a_tiny_config`
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 from torch import nn
@@ -124,8 +126,9 @@ def test_half_precision_loading(case, dtype, tmp_path):
     torch.testing.assert_close(out, ref, rtol=0.1, atol=0.1)  # half precision: loose, but catches garbage
 
 
+@pytest.mark.parametrize("keyword", ["cache", "past_key_values"])  # 5.24's name and the one before it
 @pytest.mark.parametrize("generative", GENERATIVE, ids=_ids)
-def test_kv_cache_matches_full_forward(generative):
+def test_kv_cache_matches_full_forward(generative, keyword):
     model = build(*generative)
     batch = inputs(model, seq=7)
     with torch.no_grad():
@@ -133,14 +136,29 @@ def test_kv_cache_matches_full_forward(generative):
             dec = batch["decoder_input_ids"]
             full = model(**batch, use_cache=False).logits
             first = model(**{**batch, "decoder_input_ids": dec[:, :-1]}, use_cache=True)
-            step = model(**{**batch, "decoder_input_ids": dec[:, -1:]}, past_key_values=first.past_key_values,
-                         use_cache=True).logits
+            step = model(**{**batch, "decoder_input_ids": dec[:, -1:], keyword: first.cache}, use_cache=True)
         else:
             ids = batch["input_ids"]
             full = model(input_ids=ids, use_cache=False).logits
             first = model(input_ids=ids[:, :-1], use_cache=True)
-            step = model(input_ids=ids[:, -1:], past_key_values=first.past_key_values, use_cache=True).logits
-    torch.testing.assert_close(step[:, -1], full[:, -1], rtol=1e-5, atol=1e-5)
+            step = model(input_ids=ids[:, -1:], use_cache=True, **{keyword: first.cache})
+    assert step.cache is first.cache and step.past_key_values is step.cache and step["past_key_values"] is step.cache
+    torch.testing.assert_close(step.logits[:, -1], full[:, -1], rtol=1e-5, atol=1e-5)
+    with pytest.raises(TypeError, match="cache= and past_key_values="):
+        model(**batch, cache=first.cache, past_key_values=first.cache)
+
+
+def test_every_forward_with_a_cache_takes_both_names(case):
+    """Every forward that takes a cache names it `cache` and also accepts `past_key_values` (the 5.23 name): the
+    alias is in place exactly when giving both names is refused as one argument given twice."""
+    model = build(*case)
+    for module in (model, model.base_model):
+        params = inspect.signature(module.forward).parameters
+        assert "past_key_values" not in params, type(module).__name__
+        assert ("cache" in params) >= model.can_generate(), type(module).__name__
+        if "cache" in params:
+            with pytest.raises(TypeError, match="both cache= and past_key_values="):
+                module(**inputs(model), cache=object(), past_key_values=object())
 
 
 def test_resize_token_embeddings(case):

@@ -448,8 +448,9 @@ def test_dict_outputs_match_the_reference(pair, case):
             assert bool((actual.beam_indices == -1).any())
     # the cache comes back, as long as the sequences (less the last token) and in the same beam order; keys at
     # prompt padding are never attended to, so only real positions are compared
-    assert actual.past_key_values.get_seq_length() == expected.past_key_values.get_seq_length()
-    ours_keys, ref_keys = _self_keys(actual.past_key_values), _self_keys(expected.past_key_values)
+    assert actual.cache.get_seq_length() == expected.cache.get_seq_length()
+    assert actual.past_key_values is actual.cache and actual["past_key_values"] is actual.cache  # the 5.23 name
+    ours_keys, ref_keys = _self_keys(actual.cache), _self_keys(expected.cache)
     real = torch.ones(ours_keys.shape[0], ours_keys.shape[2], dtype=torch.bool)
     if not ours.config.is_encoder_decoder:
         real[:, :ids.shape[1]] = mask.bool().repeat_interleave(ours_keys.shape[0] // ids.shape[0], dim=0)
@@ -789,3 +790,45 @@ def test_default_compile_falls_back_when_compiling_fails(llama, monkeypatch):
     with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
         ours.generate(ids[:1], max_new_tokens=6, cache_implementation="static", compile_config=CompileConfig())
     compiled_module._STEPS.pop(ours, None)
+
+
+@pytest.mark.parametrize("keyword", ["cache", "past_key_values"])
+def test_generate_continues_from_a_given_cache(pair, keyword):
+    """generate(cache=...) (or the 5.23 name past_key_values=) runs only the tokens the cache has not seen and
+    gives the tokens of a generate() without it, as the reference's does."""
+    ref, ours, _ = pair
+    if ours.config.is_encoder_decoder:
+        pytest.skip("a prefix cache is a decoder-only use")
+    ids, mask = _prompts()
+    ids, mask = ids[:1, -6:], mask[:1, -6:]  # one unpadded prompt
+    full = ours.generate(ids, max_new_tokens=5)
+    prefix = ours(input_ids=ids[:, :4], use_cache=True).cache
+    assert prefix.get_seq_length() == 4
+    resumed = ours.generate(ids, max_new_tokens=5, **{keyword: prefix})
+    assert torch.equal(resumed, full)
+    assert prefix.get_seq_length() == full.shape[1] - 1  # it was used, not copied
+    ref_prefix = ref(input_ids=ids[:, :4], use_cache=True).cache
+    assert torch.equal(ref.generate(ids, max_new_tokens=5, do_sample=False, cache=ref_prefix), full)
+    with pytest.raises(TypeError, match="both cache= and past_key_values="):
+        ours.generate(ids, max_new_tokens=2, cache=prefix, past_key_values=prefix)
+    with pytest.raises(ValueError, match="not both"):
+        ours.generate(ids, max_new_tokens=2, cache=prefix, cache_implementation="static")
+
+
+def test_outputs_take_and_answer_the_old_cache_name():
+    from pretrained.generation.outputs import GenerateDecoderOnlyOutput
+    from pretrained.modeling.outputs import CausalLMOutputWithPast, MaskedLMOutput
+
+    marker = object()
+    for out in (CausalLMOutputWithPast(logits=torch.ones(1), past_key_values=marker),
+                CausalLMOutputWithPast(torch.zeros(()), torch.ones(1), marker)):
+        assert out.cache is marker and out.past_key_values is marker and out["past_key_values"] is marker
+        assert "past_key_values" in out and "cache" in out and out[-1] is marker and out.keys()[-1] == "cache"
+    gen = GenerateDecoderOnlyOutput(sequences=torch.ones(1, 2), past_key_values=marker)
+    assert gen.cache is marker and gen.to_tuple() == (gen.sequences, marker)
+    gen.past_key_values = None
+    assert gen.cache is None and "cache" not in gen
+    with pytest.raises(TypeError, match="both"):
+        CausalLMOutputWithPast(cache=marker, past_key_values=marker)
+    with pytest.raises(AttributeError):
+        MaskedLMOutput().past_key_values  # no cache field: no alias either

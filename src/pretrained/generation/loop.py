@@ -68,7 +68,7 @@ class _Decoder:
         # fresh contiguous inputs: a slice of the growing `ids` would change strides (and recompile) every step
         new = ids[:, past:].clone(memory_format=torch.contiguous_format)
         kwargs: dict[str, Any] = dict(cache_position=torch.arange(past, past + T, device=ids.device),
-                                      past_key_values=self.cache, use_cache=True, return_dict=True)
+                                      cache=self.cache, use_cache=True, return_dict=True)
         if self.encoder is not None:
             kwargs.update(decoder_input_ids=new, encoder_outputs=self.encoder, attention_mask=self.encoder_mask)
         else:
@@ -103,7 +103,7 @@ class _Decoder:
         if self.fixed:
             return self._fixed_step(ids)
         past = self.seen()
-        kwargs: dict[str, Any] = {"past_key_values": self.cache, "use_cache": self.use_cache, "return_dict": True}
+        kwargs: dict[str, Any] = {"cache": self.cache, "use_cache": self.use_cache, "return_dict": True}
         if self.encoder is not None:
             kwargs.update(decoder_input_ids=ids[:, past:], encoder_outputs=self.encoder,
                           attention_mask=self.encoder_mask)
@@ -117,7 +117,7 @@ class _Decoder:
                 kwargs["logits_to_keep"] = 1
         out = self.model(**kwargs, **self.flags)
         if self.use_cache:
-            self.cache = out.past_key_values
+            self.cache = out.cache
         if self.flags:
             if self.encoder is not None:
                 self.step = (out.decoder_attentions, out.cross_attentions, out.decoder_hidden_states)
@@ -178,7 +178,7 @@ class _Record:
             return tuple(kept) if kept is not None else None
 
         common = dict(sequences=sequences, scores=steps(self.scores), logits=steps(self.logits),
-                      past_key_values=cache)
+                      cache=cache)
         if beam:
             common.update(sequences_scores=self.sequences_scores if self.scores is not None else None,
                           beam_indices=self.beam_indices)
@@ -205,11 +205,13 @@ class GenerationMixin:
 
         With `return_dict_in_generate=True` it returns an output dataclass instead (see `generation.outputs`):
         `GenerateDecoderOnlyOutput` / `GenerateEncoderDecoderOutput`, or their `GenerateBeam...` forms for beam
-        search, holding `sequences`, the cache (`past_key_values`) and what `output_scores`, `output_logits`,
+        search, holding `sequences`, the cache (`cache`, alias `past_key_values`) and what `output_scores`, `output_logits`,
         `output_attentions` and `output_hidden_states` ask for, one entry per step.
 
         `generation_config` (default: the model's own) is copied and `overrides` (any of its fields, e.g.
         `max_new_tokens=20, do_sample=True, top_p=0.9`) applied to the copy. `generator` seeds sampling.
+        `cache=` (or its pre-5.24 name `past_key_values=`) continues from a cache that already holds the first
+        tokens of `input_ids` (e.g. a shared prefix): only the tokens it has not seen are run.
         `streamer` gets `put(tokens)` with the prompt, then each new token (one per row), and `end()`.
         `stop_strings` (a string or list of strings) stop a row once its text ends with one of them, the match
         overlapping the last token (as the reference's StopStringCriteria); they need `tokenizer=` to read tokens.
@@ -221,6 +223,7 @@ class GenerationMixin:
             input_ids = overrides.pop("inputs", None)
         if input_ids is None:
             raise ValueError("generate() needs input_ids (B, S).")
+        given_cache = _given_cache(overrides)
         base = generation_config or getattr(self, "generation_config", None) \
             or GenerationConfig.from_model_config(self.config)
         config = base.copy(**overrides)
@@ -253,7 +256,9 @@ class GenerationMixin:
         prompt_length = ids.shape[1]
         max_length = (config.max_new_tokens + prompt_length if config.max_new_tokens is not None
                       else config.get("max_length"))
-        if config.get("cache_implementation") == "static" and decoder.use_cache:
+        if given_cache is not None:
+            _start_from(decoder, given_cache, config)
+        elif config.get("cache_implementation") == "static" and decoder.use_cache:
             self._use_static_cache(decoder, config, max_length, prompt_length, device)
         processors = lp.processors_for(config, prompt_length, prompt_ignore, beams=beams > 1)
         stops = None
@@ -323,6 +328,30 @@ class GenerationMixin:
 
     def get_encoder(self):
         return getattr(self, "encoder")
+
+
+def _given_cache(overrides: dict[str, Any]) -> Any:
+    """The cache passed to generate() as `cache=` or `past_key_values=` (removed from `overrides`), or None."""
+    cache, old = overrides.pop("cache", None), overrides.pop("past_key_values", None)
+    if cache is not None and old is not None:
+        raise TypeError("generate() got both cache= and past_key_values= (two names for the same argument); pass "
+                        "one of them.")
+    return cache if cache is not None else old
+
+
+def _start_from(decoder: _Decoder, cache: Any, config: GenerationConfig) -> None:
+    """Decode on from a cache the caller passed (it holds the first `cache.get_seq_length()` prompt tokens)."""
+    if not decoder.use_cache:
+        raise ValueError("generate(): a cache was passed (cache= / past_key_values=) but use_cache=False.")
+    if config.get("cache_implementation") is not None:
+        raise ValueError(f"generate(): pass either a cache (cache= / past_key_values=) or "
+                         f"cache_implementation={config.get('cache_implementation')!r}, not both.")
+    if isinstance(cache, StaticCache) and decoder.takes_position:
+        seen = cache.get_seq_length()
+        decoder.fix(cache)
+        decoder.filled = seen
+    else:
+        decoder.cache = cache
 
 
 class _StopStrings:

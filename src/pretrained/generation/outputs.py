@@ -8,18 +8,17 @@ states. N is the number of rows decoded side by side (B x num_return_sequences, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ..modeling.outputs import ModelOutput
+from ..modeling.outputs import ModelOutput, model_output
 
 Steps = tuple[torch.Tensor, ...]
 LayersPerStep = tuple[tuple[torch.Tensor, ...], ...]
 
 
-@dataclass
+@model_output
 class GenerateDecoderOnlyOutput(ModelOutput):
     """Greedy decoding or sampling with a decoder-only model."""
 
@@ -28,10 +27,10 @@ class GenerateDecoderOnlyOutput(ModelOutput):
     logits: Steps | None = None  # output_logits: raw logits per step
     attentions: LayersPerStep | None = None  # output_attentions: per step, per layer
     hidden_states: LayersPerStep | None = None  # output_hidden_states: per step, embeddings + per layer
-    past_key_values: Any = None  # the cache after the last step (None with use_cache=False)
+    cache: Any = None  # the cache after the last step (None with use_cache=False); alias past_key_values
 
 
-@dataclass
+@model_output
 class GenerateEncoderDecoderOutput(ModelOutput):
     """Greedy decoding or sampling with an encoder-decoder model."""
 
@@ -43,10 +42,10 @@ class GenerateEncoderDecoderOutput(ModelOutput):
     decoder_attentions: LayersPerStep | None = None
     cross_attentions: LayersPerStep | None = None
     decoder_hidden_states: LayersPerStep | None = None
-    past_key_values: Any = None
+    cache: Any = None
 
 
-@dataclass
+@model_output
 class GenerateBeamDecoderOnlyOutput(ModelOutput):
     """Beam search (or beam sampling) with a decoder-only model."""
 
@@ -57,10 +56,10 @@ class GenerateBeamDecoderOnlyOutput(ModelOutput):
     beam_indices: torch.Tensor | None = None  # (B x num_return_sequences, generated) int32, -1 past the end
     attentions: LayersPerStep | None = None
     hidden_states: LayersPerStep | None = None
-    past_key_values: Any = None
+    cache: Any = None
 
 
-@dataclass
+@model_output
 class GenerateBeamEncoderDecoderOutput(ModelOutput):
     """Beam search (or beam sampling) with an encoder-decoder model."""
 
@@ -74,4 +73,4 @@ class GenerateBeamEncoderDecoderOutput(ModelOutput):
     decoder_attentions: LayersPerStep | None = None
     cross_attentions: LayersPerStep | None = None
     decoder_hidden_states: LayersPerStep | None = None
-    past_key_values: Any = None
+    cache: Any = None

@@ -10,7 +10,7 @@ config class, the facts and `_init_weights`. The base model is stored under the 
 `base_model_prefix` names ("model", or "transformer" where old checkpoints use that), so parameter names equal
 the ecosystem's (`model.layers.0...`, `score.weight`, `qa_outputs.bias`).
 
-The base model's forward takes (input_ids, attention_mask, position_ids, past_key_values, inputs_embeds,
+The base model's forward takes (input_ids, attention_mask, position_ids, cache, inputs_embeds,
 use_cache, output_attentions, output_hidden_states, return_dict) and returns a `BaseModelOutputWithPast`.
 Shapes: B batch, T tokens, C hidden, V vocabulary, L labels.
 """
@@ -25,6 +25,7 @@ from torch import nn
 from ..generation.loop import GenerationMixin
 from .losses import causal_lm_loss, question_answering_loss, sequence_classification_loss, token_loss
 from .outputs import (
+    accepts_past_key_values,
     CausalLMOutputWithPast,
     QuestionAnsweringModelOutput,
     SequenceClassifierOutputWithPast,
@@ -41,11 +42,11 @@ class DecoderHead:
         super().__init__(config, *args, **kwargs)
         setattr(self, self.facts.base_model_prefix, self.base_class(config))
 
-    def _run_base(self, input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, use_cache,
+    def _run_base(self, input_ids, attention_mask, position_ids, cache, inputs_embeds, use_cache,
                   output_attentions, output_hidden_states, cache_position=None):
         extra = {} if cache_position is None else {"cache_position": cache_position}
         return self.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                               past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+                               cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache,
                                output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                                return_dict=True, **extra)
 
@@ -69,12 +70,13 @@ class DecoderForCausalLM(DecoderHead, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    @accepts_past_key_values
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,  # (B, T)
         attention_mask: torch.Tensor | None = None,  # (B, S): 1 token, 0 padding
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds: torch.Tensor | None = None,  # (B, T, C)
         labels: torch.LongTensor | None = None,  # (B, T), -100 = ignore; shifted inside
         use_cache: bool | None = None,
@@ -84,12 +86,12 @@ class DecoderForCausalLM(DecoderHead, GenerationMixin):
         logits_to_keep: int = 0,  # 0 = all positions; n = only the last n
         cache_position: torch.LongTensor | None = None,  # (T,) where the new tokens go in a fixed-length cache
     ):
-        base = self._run_base(input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, use_cache,
+        base = self._run_base(input_ids, attention_mask, position_ids, cache, inputs_embeds, use_cache,
                               output_attentions, output_hidden_states, cache_position)
         hidden = base.last_hidden_state if not logits_to_keep else base.last_hidden_state[:, -logits_to_keep:]
         logits = self.lm_head(hidden)
         loss = causal_lm_loss(logits, labels) if labels is not None else None
-        return self._finish(CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=base.past_key_values,
+        return self._finish(CausalLMOutputWithPast(loss=loss, logits=logits, cache=base.cache,
                                                    hidden_states=base.hidden_states, attentions=base.attentions),
                             return_dict)
 
@@ -108,12 +110,13 @@ class DecoderForSequenceClassification(DecoderHead):
         self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
         self.post_init()
 
+    @accepts_past_key_values
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,  # (B,) class ids, (B, L) multi-label floats, or (B,) regression targets
         use_cache: bool | None = None,
@@ -121,7 +124,7 @@ class DecoderForSequenceClassification(DecoderHead):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ):
-        base = self._run_base(input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, use_cache,
+        base = self._run_base(input_ids, attention_mask, position_ids, cache, inputs_embeds, use_cache,
                               output_attentions, output_hidden_states)
         logits = self.score(base.last_hidden_state)  # (B, T, L)
         batch = logits.shape[0]
@@ -140,7 +143,7 @@ class DecoderForSequenceClassification(DecoderHead):
         pooled = logits[torch.arange(batch, device=logits.device), last]  # (B, L)
         loss = sequence_classification_loss(pooled, labels, self.config) if labels is not None else None
         return self._finish(SequenceClassifierOutputWithPast(
-            loss=loss, logits=pooled, past_key_values=base.past_key_values, hidden_states=base.hidden_states,
+            loss=loss, logits=pooled, cache=base.cache, hidden_states=base.hidden_states,
             attentions=base.attentions), return_dict)
 
 
@@ -152,12 +155,13 @@ class DecoderForQuestionAnswering(DecoderHead):
         self.qa_outputs = nn.Linear(config.hidden_size, 2)
         self.post_init()
 
+    @accepts_past_key_values
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds: torch.Tensor | None = None,
         start_positions: torch.LongTensor | None = None,  # (B,); positions outside the sequence are ignored
         end_positions: torch.LongTensor | None = None,
@@ -166,7 +170,7 @@ class DecoderForQuestionAnswering(DecoderHead):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ):
-        base = self._run_base(input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, use_cache,
+        base = self._run_base(input_ids, attention_mask, position_ids, cache, inputs_embeds, use_cache,
                               output_attentions, output_hidden_states)
         start, end = self.qa_outputs(base.last_hidden_state).split(1, dim=-1)  # (B, T, 1) each
         start, end = start.squeeze(-1).contiguous(), end.squeeze(-1).contiguous()
@@ -194,12 +198,13 @@ class DecoderForTokenClassification(DecoderHead):
                                bias=getattr(config, "token_classification_bias", True))
         self.post_init()
 
+    @accepts_past_key_values
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,  # (B, T), -100 = ignore
         use_cache: bool | None = None,
@@ -207,7 +212,7 @@ class DecoderForTokenClassification(DecoderHead):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ):
-        base = self._run_base(input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, use_cache,
+        base = self._run_base(input_ids, attention_mask, position_ids, cache, inputs_embeds, use_cache,
                               output_attentions, output_hidden_states)
         logits = self.score(self.dropout(base.last_hidden_state))
         loss = token_loss(logits, labels) if labels is not None else None

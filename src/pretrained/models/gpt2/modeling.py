@@ -19,7 +19,8 @@ from ...layers.attention import attend, cache_positions, causal_mask
 from ...layers.mlp import activation
 from ...modeling.base import ModelFacts, PreTrainedModel
 from ...modeling.losses import causal_lm_loss
-from ...modeling.outputs import BaseModelOutputWithPastAndCrossAttentions, CausalLMOutputWithCrossAttentions
+from ...modeling.outputs import (BaseModelOutputWithPastAndCrossAttentions, CausalLMOutputWithCrossAttentions,
+                                 accepts_past_key_values)
 from .configuration import GPT2Config
 
 
@@ -147,10 +148,11 @@ class GPT2Model(GPT2PreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
+    @accepts_past_key_values
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,  # (B, T), or (..., T): leading dimensions are flattened
-        past_key_values: DynamicCache | None = None,
+        cache: DynamicCache | None = None,
         attention_mask: torch.Tensor | None = None,  # (B, S): 1 token, 0 padding
         token_type_ids: torch.LongTensor | None = None,  # (B, T): embedded with wte, as GPT-2 does
         position_ids: torch.LongTensor | None = None,  # (B, T); default past .. past + T - 1
@@ -180,9 +182,9 @@ class GPT2Model(GPT2PreTrainedModel):
         else:
             inputs_embeds = inputs_embeds.reshape(-1, *inputs_embeds.shape[-2:])
         B, T = inputs_embeds.shape[:2]
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache()
-        cache_position, kv_len, fixed = cache_positions(past_key_values, T, inputs_embeds.device, cache_position)
+        if use_cache and cache is None:
+            cache = DynamicCache()
+        cache_position, kv_len, fixed = cache_positions(cache, T, inputs_embeds.device, cache_position)
         if position_ids is None:
             position_ids = cache_position[None]
         x = inputs_embeds + self.wpe(position_ids).to(inputs_embeds.device)
@@ -201,7 +203,7 @@ class GPT2Model(GPT2PreTrainedModel):
             if self.gradient_checkpointing and self.training:
                 x, weights = checkpoint(block, x, mask, None, output_attentions, **self.gradient_checkpointing_kwargs)
             else:
-                x, weights = block(x, mask, past_key_values, output_attentions, write_at)
+                x, weights = block(x, mask, cache, output_attentions, write_at)
             if output_attentions:
                 all_attn.append(weights)
         x = self.ln_f(x).view(*leading, T, -1)
@@ -209,7 +211,7 @@ class GPT2Model(GPT2PreTrainedModel):
             all_hidden.append(x)
         out = BaseModelOutputWithPastAndCrossAttentions(
             last_hidden_state=x,
-            past_key_values=past_key_values if use_cache else None,
+            cache=cache if use_cache else None,
             hidden_states=tuple(all_hidden) if output_hidden_states else None,
             attentions=tuple(all_attn) if output_attentions else None,
         )
@@ -229,10 +231,11 @@ class GPT2LMHeadModel(GPT2PreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.post_init()
 
+    @accepts_past_key_values
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
-        past_key_values: DynamicCache | None = None,
+        cache: DynamicCache | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.LongTensor | None = None,
         position_ids: torch.LongTensor | None = None,
@@ -248,7 +251,7 @@ class GPT2LMHeadModel(GPT2PreTrainedModel, GenerationMixin):
         cache_position: torch.LongTensor | None = None,  # (T,) where the new tokens go in a fixed-length cache
     ):
         extra = {} if cache_position is None else {"cache_position": cache_position}
-        base = self.transformer(input_ids, past_key_values=past_key_values, attention_mask=attention_mask,
+        base = self.transformer(input_ids, cache=cache, attention_mask=attention_mask,
                                 token_type_ids=token_type_ids, position_ids=position_ids, inputs_embeds=inputs_embeds,
                                 encoder_hidden_states=encoder_hidden_states,
                                 encoder_attention_mask=encoder_attention_mask, use_cache=use_cache,
@@ -257,6 +260,6 @@ class GPT2LMHeadModel(GPT2PreTrainedModel, GenerationMixin):
         hidden = base.last_hidden_state if not logits_to_keep else base.last_hidden_state[..., -logits_to_keep:, :]
         logits = self.lm_head(hidden)
         loss = causal_lm_loss(logits, labels) if labels is not None else None
-        out = CausalLMOutputWithCrossAttentions(loss=loss, logits=logits, past_key_values=base.past_key_values,
+        out = CausalLMOutputWithCrossAttentions(loss=loss, logits=logits, cache=base.cache,
                                                 hidden_states=base.hidden_states, attentions=base.attentions)
         return out if (self.config.return_dict if return_dict is None else return_dict) else out.to_tuple()

@@ -26,7 +26,7 @@ from ...modeling.heads import (
     DecoderForSequenceClassification,
     DecoderForTokenClassification,
 )
-from ...modeling.outputs import BaseModelOutputWithPast
+from ...modeling.outputs import BaseModelOutputWithPast, accepts_past_key_values
 from .configuration import LlamaConfig
 
 
@@ -120,12 +120,13 @@ class LlamaModel(LlamaPreTrainedModel):
         """Per layer, how many most recent positions a query may attend to (None: all earlier ones)."""
         return [None] * len(self.layers)
 
+    @accepts_past_key_values
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,  # (B, T)
         attention_mask: torch.Tensor | None = None,  # (B, S): 1 token, 0 padding
         position_ids: torch.LongTensor | None = None,  # (B, T)
-        past_key_values: DynamicCache | None = None,
+        cache: DynamicCache | None = None,
         inputs_embeds: torch.Tensor | None = None,  # (B, T, C)
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
@@ -140,10 +141,10 @@ class LlamaModel(LlamaPreTrainedModel):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Give exactly one of input_ids or inputs_embeds.")
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache()
+        if use_cache and cache is None:
+            cache = DynamicCache()
         T = x.shape[1]
-        cache_position, kv_len, fixed = cache_positions(past_key_values, T, x.device, cache_position)
+        cache_position, kv_len, fixed = cache_positions(cache, T, x.device, cache_position)
         if position_ids is None:
             position_ids = cache_position[None]
         windows = self.sliding_windows()
@@ -156,10 +157,10 @@ class LlamaModel(LlamaPreTrainedModel):
             if output_hidden_states:
                 all_hidden.append(x)
             if self.gradient_checkpointing and self.training:
-                x, weights = checkpoint(layer, x, rope, masks[window], past_key_values, output_attentions, write_at,
+                x, weights = checkpoint(layer, x, rope, masks[window], cache, output_attentions, write_at,
                                         **self.gradient_checkpointing_kwargs)
             else:
-                x, weights = layer(x, rope, masks[window], past_key_values, output_attentions, write_at)
+                x, weights = layer(x, rope, masks[window], cache, output_attentions, write_at)
             if output_attentions:
                 all_attn.append(weights)
         x = self.norm(x)
@@ -167,7 +168,7 @@ class LlamaModel(LlamaPreTrainedModel):
             all_hidden.append(x)
         out = BaseModelOutputWithPast(
             last_hidden_state=x,
-            past_key_values=past_key_values if use_cache else None,
+            cache=cache if use_cache else None,
             hidden_states=tuple(all_hidden) if output_hidden_states else None,
             attentions=tuple(all_attn) if output_attentions else None,
         )

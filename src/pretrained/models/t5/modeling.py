@@ -21,6 +21,7 @@ from ...layers.mlp import activation
 from ...modeling.base import ModelFacts, PreTrainedModel
 from ...modeling.losses import token_loss
 from ...modeling.outputs import (
+    accepts_past_key_values,
     BaseModelOutput,
     BaseModelOutputWithPastAndCrossAttentions,
     ModelOutput,
@@ -282,6 +283,7 @@ class T5Stack(nn.Module):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embed_tokens = value
 
+    @accepts_past_key_values
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,  # (B, T)
@@ -289,7 +291,7 @@ class T5Stack(nn.Module):
         encoder_hidden_states: torch.Tensor | None = None,  # (B, E, C), decoder only
         encoder_attention_mask: torch.Tensor | None = None,  # (B, E)
         inputs_embeds: torch.Tensor | None = None,  # (B, T, C)
-        past_key_values: EncoderDecoderCache | DynamicCache | None = None,
+        cache: EncoderDecoderCache | DynamicCache | None = None,
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
@@ -305,16 +307,16 @@ class T5Stack(nn.Module):
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         B, T = x.shape[:2]
 
-        cache = None
         if self.is_decoder:
             use_cache = (cfg.use_cache and not self.training) if use_cache is None else use_cache
-            cache = past_key_values
             if isinstance(cache, DynamicCache):  # a bare cache: it holds the self-attention keys
                 cache = EncoderDecoderCache(cache)
             if use_cache and cache is None:
                 cache = EncoderDecoderCache()
         elif use_cache:
             raise ValueError("use_cache=True needs the decoder; the encoder keeps no cache.")
+        else:
+            cache = None  # the encoder keeps none
         # A fixed-length self-attention cache (given `cache_position`) is attended over whole: S = its length,
         # the queries sit at cache_position, the mask hides what they may not see (written or not).
         fixed = False
@@ -365,7 +367,7 @@ class T5Stack(nn.Module):
         attentions = tuple(all_attn) if output_attentions else None
         if self.is_decoder:
             out = BaseModelOutputWithPastAndCrossAttentions(
-                last_hidden_state=x, past_key_values=cache if use_cache else None, hidden_states=hidden,
+                last_hidden_state=x, cache=cache if use_cache else None, hidden_states=hidden,
                 attentions=attentions,
                 cross_attentions=tuple(all_cross) if output_attentions and encoder_hidden_states is not None else None)
         else:
@@ -467,6 +469,7 @@ class T5Model(T5PreTrainedModel):
     def get_decoder(self) -> T5Stack:
         return self.decoder
 
+    @accepts_past_key_values
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,  # (B, E)
@@ -474,7 +477,7 @@ class T5Model(T5PreTrainedModel):
         decoder_input_ids: torch.LongTensor | None = None,  # (B, T)
         decoder_attention_mask: torch.Tensor | None = None,  # (B, S)
         encoder_outputs=None,  # BaseModelOutput or tuple: skip the encoder
-        past_key_values: EncoderDecoderCache | None = None,
+        cache: EncoderDecoderCache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         decoder_inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
@@ -487,12 +490,12 @@ class T5Model(T5PreTrainedModel):
                            output_hidden_states)
         dec = self.decoder(input_ids=decoder_input_ids, attention_mask=decoder_attention_mask,
                            inputs_embeds=decoder_inputs_embeds, encoder_hidden_states=enc.last_hidden_state,
-                           encoder_attention_mask=attention_mask, past_key_values=past_key_values,
+                           encoder_attention_mask=attention_mask, cache=cache,
                            use_cache=use_cache, output_attentions=output_attentions,
                            output_hidden_states=output_hidden_states, return_dict=True,
                            cache_position=cache_position)
         out = Seq2SeqModelOutput(
-            last_hidden_state=dec.last_hidden_state, past_key_values=dec.past_key_values,
+            last_hidden_state=dec.last_hidden_state, cache=dec.cache,
             decoder_hidden_states=dec.hidden_states, decoder_attentions=dec.attentions,
             cross_attentions=dec.cross_attentions, encoder_last_hidden_state=enc.last_hidden_state,
             encoder_hidden_states=enc.hidden_states, encoder_attentions=enc.attentions)
@@ -522,6 +525,7 @@ class T5ForConditionalGeneration(T5PreTrainedModel, GenerationMixin):
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return self._shift_right(labels)
 
+    @accepts_past_key_values
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -529,7 +533,7 @@ class T5ForConditionalGeneration(T5PreTrainedModel, GenerationMixin):
         decoder_input_ids: torch.LongTensor | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
         encoder_outputs=None,
-        past_key_values: EncoderDecoderCache | None = None,
+        cache: EncoderDecoderCache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         decoder_inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,  # (B, T), -100 = ignore; decoder inputs are these shifted right
@@ -545,7 +549,7 @@ class T5ForConditionalGeneration(T5PreTrainedModel, GenerationMixin):
             decoder_input_ids = self._shift_right(labels)
         dec = self.decoder(input_ids=decoder_input_ids, attention_mask=decoder_attention_mask,
                            inputs_embeds=decoder_inputs_embeds, encoder_hidden_states=enc.last_hidden_state,
-                           encoder_attention_mask=attention_mask, past_key_values=past_key_values,
+                           encoder_attention_mask=attention_mask, cache=cache,
                            use_cache=use_cache, output_attentions=output_attentions,
                            output_hidden_states=output_hidden_states, return_dict=True,
                            cache_position=cache_position)
@@ -555,7 +559,7 @@ class T5ForConditionalGeneration(T5PreTrainedModel, GenerationMixin):
         logits = self.lm_head(hidden)
         loss = token_loss(logits, labels) if labels is not None else None
         out = Seq2SeqLMOutput(
-            loss=loss, logits=logits, past_key_values=dec.past_key_values,
+            loss=loss, logits=logits, cache=dec.cache,
             decoder_hidden_states=dec.hidden_states, decoder_attentions=dec.attentions,
             cross_attentions=dec.cross_attentions, encoder_last_hidden_state=enc.last_hidden_state,
             encoder_hidden_states=enc.hidden_states, encoder_attentions=enc.attentions)
