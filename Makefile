@@ -8,7 +8,7 @@ $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv .venv
 	# torch first and pinned, so pip takes the local CPU build rather than a CUDA download
 	.venv/bin/pip install --quiet -c constraints.txt torch==2.13.0
-	PIP_CONSTRAINT=constraints.txt .venv/bin/pip install --quiet -e ".[test]"
+	PIP_CONSTRAINT=constraints.txt .venv/bin/pip install --quiet -e ".[test,flax,tf-cpu]"
 	touch $(STAMP)
 
 .PHONY: setup demo test bench

@@ -94,8 +94,8 @@ class ChildFailed(RuntimeError):
     pass
 
 
-def run_child(code: str):
-    """Run `python -c code`; return (wall_seconds, peak_rss_bytes, stdout).
+def run_child(code: str, python=None):
+    """Run `python -c code` (python: this interpreter unless given); return (wall_seconds, peak_rss_bytes, stdout).
 
     Wall time spans spawn to exit (interpreter start and imports included);
     peak RSS is the child's own ru_maxrss from wait4 (KiB on Linux).
@@ -107,7 +107,7 @@ def run_child(code: str):
             p for p in (str(src), env.get("PYTHONPATH")) if p)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-c", code], stdout=out,
+        proc = subprocess.Popen([str(python or sys.executable), "-c", code], stdout=out,
                                 stderr=err, env=env, cwd=REPO_ROOT)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0

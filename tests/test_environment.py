@@ -60,8 +60,9 @@ def test_every_pin_is_installed():
 def test_test_extra_and_oracle_are_pinned():
     pinned = pins()
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["test"]
-                                                                + project["optional-dependencies"]["flax"]]
+    extras = project["optional-dependencies"]
+    # the extras `make setup` installs (`tf-cpu`: the `tf` extra with the CPU-only TensorFlow wheel)
+    wanted = [Requirement(r) for r in project["dependencies"] + extras["test"] + extras["flax"] + extras["tf-cpu"]]
     missing = sorted(r.name for r in wanted if canonicalize_name(r.name) not in pinned)
     assert not missing, f"pyproject.toml requirements without a pin in constraints.txt: {missing}"
     outside = sorted(f"{r.name}: pin {pinned[canonicalize_name(r.name)]} not in {r.specifier}" for r in wanted

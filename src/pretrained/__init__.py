@@ -1,7 +1,8 @@
 """pretrained: load, save, share and run pretrained models in the Hugging Face on-disk format.
 
-Names are imported lazily: `import pretrained` costs almost nothing and pulls in torch only when a name that
-needs it is first used.
+Names are imported lazily: `import pretrained` costs almost nothing and imports no framework; a PyTorch name pulls
+in torch when first used, a Flax name (`FlaxAutoModelForCausalLM`, `FlaxLlamaForCausalLM`, ...) jax and flax only, a
+TensorFlow name (`TFAutoModelForCausalLM`, `TFLlamaForCausalLM`, ...) tensorflow and keras only.
 """
 
 from __future__ import annotations
@@ -25,6 +26,14 @@ _EXPORTS = {
     "TextStreamer": "generation.streamers", "TokenStreamer": "generation.streamers",
     "GenerateDecoderOnlyOutput": "generation.outputs", "GenerateEncoderDecoderOutput": "generation.outputs",
     "GenerateBeamDecoderOnlyOutput": "generation.outputs", "GenerateBeamEncoderDecoderOutput": "generation.outputs",
+    "FlaxPreTrainedModel": "flax.base", "FlaxGenerationMixin": "flax.generation",
+    "FlaxAutoModel": "flax.auto", "FlaxAutoModelForCausalLM": "flax.auto", "FlaxAutoModelForMaskedLM": "flax.auto",
+    "FlaxAutoModelForSeq2SeqLM": "flax.auto", "FlaxAutoModelForSequenceClassification": "flax.auto",
+    "FlaxAutoModelForQuestionAnswering": "flax.auto", "FlaxAutoModelForTokenClassification": "flax.auto",
+    "TFPreTrainedModel": "tf.base", "TFModelUtilsMixin": "tf.base", "TFGenerationMixin": "tf.generation",
+    "TFAutoModel": "tf.auto", "TFAutoModelForCausalLM": "tf.auto", "TFAutoModelForMaskedLM": "tf.auto",
+    "TFAutoModelForSeq2SeqLM": "tf.auto", "TFAutoModelForSequenceClassification": "tf.auto",
+    "TFAutoModelForQuestionAnswering": "tf.auto", "TFAutoModelForTokenClassification": "tf.auto",
     "errors": None,
 }
 
@@ -37,9 +46,29 @@ _FAMILIES = {  # folder under models/ -> (class-name prefix, class-name suffixes
     "gpt2": ("GPT2", ("Model", "LMHeadModel")),
     "t5": ("T5", ("Model", "ForConditionalGeneration", "EncoderModel")),
 }
+_TF_DECODER = ("PreTrainedModel", "Model", "ForCausalLM", "ForSequenceClassification")
+_TF_FAMILIES = {  # folder under models/ -> the suffixes of its TensorFlow classes (`TF` + prefix + suffix)
+    "llama": _TF_DECODER, "mistral": _TF_DECODER, "qwen2": _TF_DECODER, "gemma": _TF_DECODER,
+    "bert": ("PreTrainedModel", "Model", "ForMaskedLM", "ForSequenceClassification", "ForQuestionAnswering",
+             "ForTokenClassification"),
+    "gpt2": ("PreTrainedModel", "Model", "LMHeadModel"),
+    "t5": ("PreTrainedModel", "Model", "ForConditionalGeneration", "EncoderModel"),
+}
+_FLAX_FAMILIES = {  # folder under models/ -> the suffixes of its Flax classes (`Flax` + prefix + suffix)
+    "llama": ("PreTrainedModel", "Model", "ForCausalLM"), "mistral": ("PreTrainedModel", "Model", "ForCausalLM"),
+    "qwen2": ("PreTrainedModel", "Model", "ForCausalLM"), "gemma": ("PreTrainedModel", "Model", "ForCausalLM"),
+    "bert": ("PreTrainedModel", "Model", "ForMaskedLM", "ForSequenceClassification", "ForQuestionAnswering",
+             "ForTokenClassification"),
+    "gpt2": ("PreTrainedModel", "Model", "LMHeadModel"),
+    "t5": ("PreTrainedModel", "Model", "ForConditionalGeneration", "EncoderModel"),
+}
 for _folder, (_prefix, _suffixes) in _FAMILIES.items():
     for _suffix in ("Config", "PreTrainedModel", *_suffixes):
         _EXPORTS[_prefix + _suffix] = f"models.{_folder}"
+    for _suffix in _FLAX_FAMILIES[_folder]:
+        _EXPORTS["Flax" + _prefix + _suffix] = f"models.{_folder}"
+    for _suffix in _TF_FAMILIES[_folder]:
+        _EXPORTS["TF" + _prefix + _suffix] = f"models.{_folder}"
 
 __all__ = sorted(_EXPORTS)
 

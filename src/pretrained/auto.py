@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from . import registry, remote_code
-from .configuration import PretrainedConfig
+from .configuration import PretrainedConfig, naming_file
 from .errors import ConfigError, UnknownModelTypeError
 from .hub.resolve import HUB_KWARGS
 
@@ -31,7 +31,16 @@ class AutoConfig:
         kwargs = dict(kwargs)
         hub = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
         hub.setdefault("_pin", {})
-        config_dict, rest = PretrainedConfig.get_config_dict(pretrained_model_name_or_path, **hub, **kwargs)
+        path, config_dict, rest = PretrainedConfig.config_file_and_dict(pretrained_model_name_or_path, **hub, **kwargs)
+        with naming_file(path):
+            config = cls._from_config_dict(pretrained_model_name_or_path, path, config_dict, rest, trust,
+                                           code_revision, hub)
+        (config[0] if isinstance(config, tuple) else config)._config_file = path  # (config, unused) on request
+        return config
+
+    @classmethod
+    def _from_config_dict(cls, pretrained_model_name_or_path, path, config_dict, rest, trust, code_revision, hub):
+        PretrainedConfig.check_values({k: config_dict[k] for k in ("model_type", "auto_map") if k in config_dict})
         model_type = config_dict.get("model_type")
         auto_map = config_dict.get("auto_map") or {}
         if "AutoConfig" in auto_map:
@@ -48,7 +57,7 @@ class AutoConfig:
                 return config
         if not model_type:
             raise ConfigError(
-                f"The config of '{pretrained_model_name_or_path}' has no 'model_type' key, so its family is unknown. "
+                f"The config file '{path}' has no 'model_type' key, so its family is unknown. "
                 f"Add one (known: {', '.join(sorted(registry.FAMILIES))}) or load it with the family's config class."
             )
         return registry.config_class(model_type).from_dict(config_dict, **rest)
@@ -112,7 +121,8 @@ class _AutoModel:
         if not isinstance(config, PretrainedConfig):
             config = AutoConfig.from_pretrained(config or pretrained_model_name_or_path, trust_remote_code=trust,
                                                 code_revision=code_revision, **hub)
-        model_cls = cls._class_for(config, pretrained_model_name_or_path, trust, code_revision, hub)
+        with naming_file(getattr(config, "_config_file", None)):
+            model_cls = cls._class_for(config, pretrained_model_name_or_path, trust, code_revision, hub)
         return model_cls.from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
 
     @classmethod

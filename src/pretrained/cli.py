@@ -1,12 +1,15 @@
 """The `pretrained` command.
 
     pretrained demo [--dir DIR]        build a tiny Llama, save it sharded, load it back, check the round trip,
-                                       then generate 8 tokens greedily with the loaded model
+                                       then generate 8 tokens greedily with the loaded model (and, with jax
+                                       or tensorflow installed, compare the Flax / TF class's logits on the
+                                       same files)
     pretrained inspect PATH [--json]   what a checkpoint holds, read from its headers, index and config only
     pretrained plan PATH [--max-memory 0=20GiB ...] [--dtype D] [--strategy S] [--json]
                                        the device map a checkpoint would get, from its config alone
     pretrained generate PATH --prompt TEXT [--max-new-tokens N] [--do-sample --temperature T --top-k K ...]
-                       [--compile]     stream a continuation (PATH holds tokenizer.json), then tokens/s
+                       [--compile] [--framework flax|tf]
+                                       stream a continuation (PATH holds tokenizer.json), then tokens/s
 
 torch is imported only by the subcommand that needs it, so `--help` is instant. A `PretrainedError` prints one
 line and exits with status 2.
@@ -29,6 +32,8 @@ from .errors import (CheckpointError, CheckpointNotFoundError, CorruptCheckpoint
 DEMO_NEW_TOKENS = 8  # the demo's short greedy generate on the loaded model
 DEMO_SHARD_SIZE = 500_000  # bytes: cuts the demo model (1.7 MB in bfloat16) into 4 shards
 DEMO_TOKENS = [1, 17, 42, 256, 7, 511, 99, 3]
+FLAX_DEMO_TOLERANCE = 1e-4  # float32 logits of the Flax class vs PyTorch's, on the demo's weights
+TF_DEMO_TOLERANCE = 1e-4  # float32 logits of the TF class vs PyTorch's, on the demo's weights
 SETTINGS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
             "vocab_size", "max_position_embeddings", "tie_word_embeddings", "dtype")  # the config values inspect shows
 
@@ -57,6 +62,7 @@ def demo(args: argparse.Namespace) -> int:
     import tempfile
     from collections import Counter
 
+    import numpy as np
     import torch
 
     from . import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
@@ -83,7 +89,9 @@ def demo(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         loaded, loading_info = AutoModelForCausalLM.from_pretrained(folder, dtype="auto", output_loading_info=True)
         load_time = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+        flax_model = _load_flax_demo(folder)  # after the peak: importing jax is not the load's memory
+        tf_model = _load_tf_demo(folder)  # likewise tensorflow
 
     ids = torch.tensor([DEMO_TOKENS])
     with torch.inference_mode():
@@ -91,6 +99,19 @@ def demo(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     generated = loaded.generate(ids, max_new_tokens=DEMO_NEW_TOKENS, do_sample=False)[0, ids.shape[1]:]
     generate_time = time.perf_counter() - start
+    identical = torch.equal(expected, logits) and loaded.dtype == model.dtype
+    flax_diff = tf_diff = None
+    if flax_model is not None or tf_model is not None:  # PyTorch's float32 logits on the same weights
+        with torch.inference_mode():
+            reference = LlamaForCausalLM.from_config(c, dtype=torch.float32).eval()
+            reference.load_state_dict({k: v.float() for k, v in loaded.state_dict().items()})
+            reference_logits = reference(ids).logits.numpy()
+    if flax_model is not None:  # the Flax class on the same files, computing in float32
+        flax_logits = np.asarray(flax_model(ids.numpy()).logits, dtype=np.float32)
+        flax_diff = float(np.abs(flax_logits - reference_logits).max())
+    if tf_model is not None:  # the TF class on the same files, computing in float32
+        tf_logits = np.asarray(tf_model(ids.numpy()).logits, dtype=np.float32)
+        tf_diff = float(np.abs(tf_logits - reference_logits).max())
     print()
     _fields([
         ("shards", len(weights)),
@@ -104,13 +125,49 @@ def demo(args: argparse.Namespace) -> int:
         ("checksum", f"{logits.float().sum().item():.6f} (sum of logits)"),
         ("generate", f"{generated.tolist()} (greedy, {generated.numel()} new tokens, "
                      f"{generated.numel() / generate_time:.1f} tokens/s)"),
+        ("flax", "not installed (pip install 'pretrained[flax]' to compare the Flax class)" if flax_model is None
+         else f"{type(flax_model).__name__}, max |logits - PyTorch| {flax_diff:.3g} (float32)"),
+        ("tensorflow", "not installed (pip install 'pretrained[tf]' to compare the TF class)" if tf_model is None
+         else f"{type(tf_model).__name__}, max |logits - PyTorch| {tf_diff:.3g} (float32)"),
     ])
-    if torch.equal(expected, logits) and loaded.dtype == model.dtype:
+    flax_ok = flax_diff is None or flax_diff < FLAX_DEMO_TOLERANCE
+    tf_ok = tf_diff is None or tf_diff < TF_DEMO_TOLERANCE
+    if identical and flax_ok and tf_ok:
         print("\nround trip: identical")
         return 0
+    if not flax_ok:
+        print(f"\nflax: DIFFERENT from PyTorch (max |diff| {flax_diff:.3g} > {FLAX_DEMO_TOLERANCE})")
+        return 1
+    if not tf_ok:
+        print(f"\ntensorflow: DIFFERENT from PyTorch (max |diff| {tf_diff:.3g} > {TF_DEMO_TOLERANCE})")
+        return 1
     diff = (expected.float() - logits.float()).abs().max().item()
     print(f"\nround trip: DIFFERENT (max |diff| {diff:.3g}, dtypes {model.dtype} / {loaded.dtype})")
     return 1
+
+
+def _load_flax_demo(folder: str):
+    """The demo checkpoint through the Flax class, or None when jax/flax is not installed."""
+    try:
+        import flax  # noqa: F401
+        import jax  # noqa: F401
+    except ImportError:
+        return None
+    from .flax.auto import FlaxAutoModelForCausalLM
+
+    return FlaxAutoModelForCausalLM.from_pretrained(folder)
+
+
+def _load_tf_demo(folder: str):
+    """The demo checkpoint through the TF (Keras) class in float32, or None when tensorflow is not installed."""
+    try:
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
+    except ImportError:
+        return None
+    from .tf.auto import TFAutoModelForCausalLM
+
+    return TFAutoModelForCausalLM.from_pretrained(folder)
 
 
 # ---- inspect ---------------------------------------------------------------------------------------------------
@@ -317,18 +374,38 @@ def plan(args: argparse.Namespace) -> int:
 
 
 # ---- generate ---------------------------------------------------------------------------------------------------
+def _tokenizer(path: str):
+    from tokenizers import Tokenizer
+
+    tokenizer_file = os.path.join(path, "tokenizer.json")
+    if not os.path.isfile(tokenizer_file):
+        raise CheckpointNotFoundError(f"No tokenizer.json in '{path}': the generate command needs one.")
+    return Tokenizer.from_file(tokenizer_file)
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The generation settings the command line asks for."""
+    settings: dict[str, Any] = {"max_new_tokens": args.max_new_tokens}
+    if args.do_sample:
+        settings["do_sample"] = True
+    for name in ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "num_beams"):
+        if getattr(args, name) is not None:
+            settings[name] = getattr(args, name)
+    return settings
+
+
 def generate(args: argparse.Namespace) -> int:
     """Load PATH and its tokenizer.json, continue the prompt, print the text as it streams, then tokens/s."""
+    if args.framework == "flax":
+        return _generate_flax(args)
+    if args.framework == "tf":
+        return _generate_tf(args)
     import torch
-    from tokenizers import Tokenizer
 
     from .auto import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
     from .generation.streamers import TextStreamer
 
-    tokenizer_file = os.path.join(args.path, "tokenizer.json")
-    if not os.path.isfile(tokenizer_file):
-        raise CheckpointNotFoundError(f"No tokenizer.json in '{args.path}': the generate command needs one.")
-    tokenizer = Tokenizer.from_file(tokenizer_file)
+    tokenizer = _tokenizer(args.path)
     config = AutoConfig.from_pretrained(args.path)
     auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
     load: dict[str, Any] = {"dtype": args.dtype} if args.dtype else {}
@@ -336,12 +413,7 @@ def generate(args: argparse.Namespace) -> int:
         load["device_map"] = args.device_map
     model = auto.from_pretrained(args.path, **load)
     ids = torch.tensor([tokenizer.encode(args.prompt).ids])
-    settings: dict[str, Any] = {"max_new_tokens": args.max_new_tokens}
-    if args.do_sample:
-        settings["do_sample"] = True
-    for name in ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "num_beams"):
-        if getattr(args, name) is not None:
-            settings[name] = getattr(args, name)
+    settings = _settings(args)
     if args.compile:  # a fixed-length cache, so that every one-token step has the same shapes
         from .generation.config import CompileConfig
 
@@ -359,6 +431,87 @@ def generate(args: argparse.Namespace) -> int:
         print(tokenizer.decode(out[0].tolist(), skip_special_tokens=True))
     compiling = ", compiling included" if args.compile else ""
     print(f"[{new} tokens in {seconds:.2f} s, {new / max(seconds, 1e-9):.1f} tokens/s{compiling}]", file=sys.stderr)
+    return 0
+
+
+def _generate_flax(args: argparse.Namespace) -> int:
+    """`generate --framework flax`: the Flax class on the same checkpoint, decoding in one compiled loop (so the
+    text is printed at the end, not streamed); torch is not imported."""
+    import jax
+    import numpy as np
+
+    from .auto import AutoConfig
+    from .errors import DeviceMapError, DtypeError
+    from .flax.auto import FlaxAutoModelForCausalLM, FlaxAutoModelForSeq2SeqLM
+    from .generation.config import GenerationConfig
+
+    if args.device_map:
+        raise DeviceMapError(f"--device-map {args.device_map} is for --framework pytorch; the Flax classes place "
+                             "their parameters with from_pretrained(..., mesh=jax.sharding.Mesh(...)).")
+    tokenizer = _tokenizer(args.path)
+    config = AutoConfig.from_pretrained(args.path)
+    encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
+    auto = FlaxAutoModelForSeq2SeqLM if encoder_decoder else FlaxAutoModelForCausalLM
+    load: dict[str, Any] = {}
+    if args.dtype and args.dtype != "auto":  # the computation dtype (the parameters keep the checkpoint's)
+        import jax.numpy as jnp
+
+        if args.dtype not in ("float32", "bfloat16", "float16"):
+            raise DtypeError(f"--dtype {args.dtype}: give float32, bfloat16, float16 or auto.")
+        load["dtype"] = getattr(jnp, args.dtype)
+    model = auto.from_pretrained(args.path, **load)
+    ids = np.array([tokenizer.encode(args.prompt).ids], dtype=np.int32)
+    key = jax.random.PRNGKey(args.seed if args.seed is not None else 0)
+    start = time.perf_counter()
+    out = model.generate(ids, prng_key=key, **_settings(args))
+    row = np.asarray(out.sequences[0]).tolist()  # waits for the result
+    seconds = time.perf_counter() - start
+    first = 1 if encoder_decoder else ids.shape[1]
+    eos = set((getattr(model, "generation_config", None) or GenerationConfig.from_model_config(config)).eos_token_ids)
+    new = next((k + 1 for k, t in enumerate(row[first:]) if t in eos), len(row) - first)  # up to EOS, if any
+    shown = row[first:first + new] if encoder_decoder else row[:first + new]
+    print(tokenizer.decode(shown, skip_special_tokens=True))
+    print(f"[{new} tokens in {seconds:.2f} s, {new / max(seconds, 1e-9):.1f} tokens/s, compiling included]",
+          file=sys.stderr)
+    return 0
+
+
+def _generate_tf(args: argparse.Namespace) -> int:
+    """`generate --framework tf`: the TF (Keras) class on the same checkpoint, decoding in one XLA-compiled loop (so
+    the text is printed at the end, not streamed); neither torch nor jax is imported."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up notices, before it is imported
+    import numpy as np
+
+    from .auto import AutoConfig
+    from .errors import DeviceMapError, DtypeError
+    from .generation.config import GenerationConfig
+    from .tf.auto import TFAutoModelForCausalLM, TFAutoModelForSeq2SeqLM
+
+    if args.device_map:
+        raise DeviceMapError(f"--device-map {args.device_map} is for --framework pytorch; the TF classes run on "
+                             "TensorFlow's default device (pick one with `with tf.device(...)` in Python).")
+    tokenizer = _tokenizer(args.path)
+    config = AutoConfig.from_pretrained(args.path)
+    encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
+    auto = TFAutoModelForSeq2SeqLM if encoder_decoder else TFAutoModelForCausalLM
+    load: dict[str, Any] = {}
+    if args.dtype:  # the variables' and computation dtype (default float32, as 4.x's TF classes)
+        if args.dtype not in ("float32", "bfloat16", "float16", "auto"):
+            raise DtypeError(f"--dtype {args.dtype}: give float32, bfloat16, float16 or auto.")
+        load["dtype"] = args.dtype
+    model = auto.from_pretrained(args.path, **load)
+    ids = np.array([tokenizer.encode(args.prompt).ids], dtype=np.int32)
+    start = time.perf_counter()
+    out = model.generate(ids, seed=args.seed, **_settings(args))
+    row = out.numpy()[0].tolist()
+    seconds = time.perf_counter() - start
+    first = 1 if encoder_decoder else ids.shape[1]
+    eos = set((getattr(model, "generation_config", None) or GenerationConfig.from_model_config(config)).eos_token_ids)
+    new = next((k + 1 for k, t in enumerate(row[first:]) if t in eos), len(row) - first)  # up to EOS, if any
+    shown = row[first:first + new] if encoder_decoder else row[:first + new]
+    print(tokenizer.decode(shown, skip_special_tokens=True))
+    print(f"[{new} tokens in {seconds:.2f} s, {new / max(seconds, 1e-9):.1f} tokens/s, compiling included]",
+          file=sys.stderr)
     return 0
 
 
@@ -396,6 +549,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed sampling")
     p.add_argument("--dtype", help="float32, bfloat16, float16 or auto (default: the checkpoint's)")
     p.add_argument("--device-map", help="cpu, cuda:0, auto, balanced, ...")
+    p.add_argument("--framework", choices=["pytorch", "flax", "tf"], default="pytorch",
+                   help="the PyTorch class (default), or the JAX/Flax or TensorFlow class on the same checkpoint "
+                        "(their decoding loop is compiled on the first call; the text is printed at the end)")
     p.add_argument("--compile", action="store_true",
                    help="decode over a fixed-length (static) cache with a torch.compile'd one-token step; the "
                         "first call compiles (tens of seconds), so it pays off on long generations")

@@ -10,13 +10,18 @@ read; the modern one is written:
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import inspect
 import json
+import math
 import os
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
-from .errors import ConfigError
+from .errors import ConfigError, PretrainedError
 from .hub.push import PushToHubMixin, folder_state
+from .jsonfile import read_json_object
 
 CONFIG_NAME = "config.json"
 FORMAT_VERSION = "5.0.0"  # written as "transformers_version": the dialect our files follow
@@ -40,6 +45,73 @@ _COMMON_DEFAULTS: dict[str, Any] = {
 }
 
 
+# The activation names the shared layers implement (`layers/mlp.py` holds the functions; a test keeps both equal).
+ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish")
+MAX_SIZE = 2**31 - 1  # a width, a vocabulary or a head count beyond this is not a model torch can index
+MAX_LAYERS = 10_000  # published models have at most a few hundred blocks; 10**9 would only hang the build
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int_like(k: Any) -> bool:
+    return _is_int(k) or isinstance(k, str) and k.strip().lstrip("-").isdigit()
+
+
+def _rope_ok(v: Any) -> bool:
+    if v is None:
+        return True
+    if not isinstance(v, dict):
+        return False
+    kind = v.get("rope_type", v.get("type", "default"))
+    positive = [v[k] for k in ("rope_theta", "factor") if k in v]
+    return isinstance(kind, str) and all(_is_number(x) and x > 0 for x in positive)
+
+
+def _auto_map_ok(v: Any) -> bool:
+    return v is None or isinstance(v, dict) and all(
+        isinstance(k, str) and (isinstance(x, str) or isinstance(x, list) and all(i is None or isinstance(i, str)
+                                                                              for i in x))
+        for k, x in v.items())
+
+
+# What each kind of value must be: (test, description for messages). A config class names the kind of each of
+# its keys in `value_rules`; the values are checked when a config is built, before any family code computes with
+# them, so a bad value is a ConfigError naming the key (and, when read from a file, the file).
+VALUE_KINDS: dict[str, tuple[Any, str]] = {
+    "size": (lambda v: _is_int(v) and 1 <= v <= MAX_SIZE, f"an integer from 1 to {MAX_SIZE}"),
+    "size?": (lambda v: v is None or _is_int(v) and 1 <= v <= MAX_SIZE, f"null or an integer from 1 to {MAX_SIZE}"),
+    "layers": (lambda v: _is_int(v) and 1 <= v <= MAX_LAYERS, f"an integer from 1 to {MAX_LAYERS}"),
+    "layers?": (lambda v: v is None or _is_int(v) and 1 <= v <= MAX_LAYERS,
+                f"null or an integer from 1 to {MAX_LAYERS}"),
+    "count": (lambda v: _is_int(v) and 0 <= v <= MAX_SIZE, "an integer >= 0"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "bool?": (lambda v: v is None or isinstance(v, bool), "null, true or false"),
+    "positive": (lambda v: _is_number(v) and v > 0, "a finite number > 0"),
+    "non-negative": (lambda v: _is_number(v) and v >= 0, "a finite number >= 0"),
+    "probability": (lambda v: _is_number(v) and 0 <= v <= 1, "a number from 0 to 1"),
+    "probability?": (lambda v: v is None or _is_number(v) and 0 <= v <= 1, "null or a number from 0 to 1"),
+    "activation": (lambda v: v in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "str?": (lambda v: v is None or isinstance(v, str), "null or a string"),
+    "str-list?": (lambda v: v is None or isinstance(v, list) and all(isinstance(x, str) for x in v),
+                  "null or a list of strings"),
+    "labels": (lambda v: v is None or isinstance(v, dict) and all(_int_like(k) for k in v),
+               'an object mapping label ids to names ({"0": "NEGATIVE", "1": "POSITIVE"})'),
+    "heads": (lambda v: v is None or isinstance(v, dict) and all(
+        _int_like(k) and isinstance(x, list) and all(_is_int(h) and h >= 0 for h in x) for k, x in v.items()),
+              'an object mapping layer numbers to lists of head numbers ({"0": [1, 2]})'),
+    "auto_map": (_auto_map_ok, 'an object mapping Auto class names to "module.Class" strings'),
+    "rope": (_rope_ok, 'null or an object such as {"rope_type": "default", "rope_theta": 10000.0} '
+                       "(rope_theta and factor > 0)"),
+}
+
+
 def _dtype_name(value: Any) -> Any:
     """`torch.bfloat16` -> "bfloat16"; strings and None pass through (no torch import needed)."""
     if value is None or isinstance(value, str):
@@ -60,6 +132,13 @@ class PretrainedConfig(PushToHubMixin):
     # A family that uses rotary embeddings sets its default theta; the v4 keys are then folded in.
     default_rope_theta: ClassVar[float | None] = None
     _auto_class: ClassVar[str | None] = None  # set by register_for_auto_class: save_pretrained then saves the code
+    # key -> kind of value (see VALUE_KINDS); a family adds its own keys, merged along the class hierarchy
+    value_rules: ClassVar[dict[str, str]] = {
+        "model_type": "str?", "auto_map": "auto_map", "id2label": "labels", "pruned_heads": "heads",
+        "num_labels": "count", "architectures": "str-list?", "tie_word_embeddings": "bool", "return_dict": "bool",
+        "output_hidden_states": "bool", "output_attentions": "bool", "is_encoder_decoder": "bool",
+        "rope_parameters": "rope", "rope_scaling": "rope",
+    }
 
     @classmethod
     def register_for_auto_class(cls, auto_class: str | type = "AutoConfig") -> None:
@@ -68,6 +147,31 @@ class PretrainedConfig(PushToHubMixin):
         from .remote_code import check_auto_class
 
         cls._auto_class = check_auto_class(auto_class)
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        # the keyword values are checked here, before the family's __init__ computes with them (a head count of 0
+        # would otherwise surface as a ZeroDivisionError, a size "64" as a TypeError deep inside torch)
+        cls.check_values(kwargs)
+        return super().__new__(cls)
+
+    @classmethod
+    def check_values(cls, values: Mapping[str, Any]) -> None:
+        """Raise a ConfigError naming the first key of `values` that this class cannot take: a name that would
+        replace part of the class (`self`, `__class__`, a method such as `to_dict`), or a value of the wrong type or
+        range for its kind in `value_rules` (a size that is not a positive integer, an unknown activation...)."""
+        rules: dict[str, str] = {}
+        for klass in reversed(cls.__mro__):
+            rules.update(klass.__dict__.get("value_rules", {}))
+        for key, value in values.items():
+            if key not in _CONSUMED_BY_INIT:
+                check_key(cls, key)
+            canonical = "dtype" if key == "torch_dtype" else cls.attribute_map.get(key, key)
+            kind = rules.get(canonical)
+            if kind is not None:
+                test, description = VALUE_KINDS[kind]
+                if not test(value):
+                    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+                    raise ConfigError(f"{cls.__name__}: '{key}' is {shown}, but it must be {description}.")
 
     def __init__(self, **kwargs: Any) -> None:
         if "torch_dtype" in kwargs:  # v4 name of the same field
@@ -172,13 +276,22 @@ class PretrainedConfig(PushToHubMixin):
                 f"This config has model_type '{found}' but {cls.__name__} is for '{cls.model_type}'. "
                 "Use AutoConfig, or the config class of that family."
             )
-        config = cls(**config_dict)
+        try:
+            config = cls(**config_dict)
+        except PretrainedError:
+            raise
+        except (TypeError, ValueError, ArithmeticError, AttributeError, LookupError) as e:
+            raise ConfigError(
+                f"{cls.__name__} cannot be built from this config ({type(e).__name__}: {e}). Fix the value it "
+                "names, or re-create the config with save_pretrained()."
+            ) from e
         unused = {}
         for key, value in kwargs.items():
             canonical = cls.attribute_map.get(key, key)
             if key == "torch_dtype":
                 canonical = "dtype"
             if canonical in config.__dict__ or canonical in ("num_labels", "dtype", "attn_implementation"):
+                cls.check_values({key: value})
                 if canonical == "attn_implementation":
                     canonical = "_attn_implementation"
                 setattr(config, canonical, _dtype_name(value) if canonical == "dtype" else value)
@@ -188,7 +301,10 @@ class PretrainedConfig(PushToHubMixin):
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> PretrainedConfig:
-        return cls.from_dict(read_config_file(path))
+        with naming_file(path):
+            config = cls.from_dict(read_config_file(path))
+        config._config_file = os.fspath(path)
+        return config
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, PretrainedConfig) and self.to_dict() == other.to_dict()
@@ -204,18 +320,28 @@ class PretrainedConfig(PushToHubMixin):
         Hub arguments (`revision`, `cache_dir`, `subfolder`, `local_files_only`, `token`, `force_download`)
         are honoured; remaining `kwargs` override config attributes (see `from_dict`).
         """
-        config_dict, kwargs = cls.get_config_dict(pretrained_model_name_or_path, **kwargs)
-        return cls.from_dict(config_dict, **kwargs)
+        path, config_dict, kwargs = cls.config_file_and_dict(pretrained_model_name_or_path, **kwargs)
+        with naming_file(path):
+            found = cls.from_dict(config_dict, **kwargs)
+        config = found[0] if isinstance(found, tuple) else found
+        config._config_file = path
+        return found
 
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
         """Returns `(config_dict, remaining_kwargs)` with Hub arguments consumed."""
+        _, config_dict, kwargs = cls.config_file_and_dict(pretrained_model_name_or_path, **kwargs)
+        return config_dict, kwargs
+
+    @classmethod
+    def config_file_and_dict(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
+        """Returns `(local path of the config file, config_dict, remaining_kwargs)` with Hub arguments consumed."""
         from .hub.resolve import pop_hub_kwargs, resolve_file
 
         hub = pop_hub_kwargs(kwargs)
         source = os.fspath(pretrained_model_name_or_path)
         path = source if os.path.isfile(source) else resolve_file(source, CONFIG_NAME, **hub)
-        return read_config_file(path), kwargs
+        return os.fspath(path), read_config_file(path), kwargs
 
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any) -> None:
         """Write `config.json` into `save_directory` (created if needed), atomically.
@@ -248,22 +374,44 @@ PreTrainedConfig = PretrainedConfig  # the 5.x spelling
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """Parse a config JSON file; every failure names the file and what is wrong with it."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        return read_json_object(path, ConfigError, "Config file",
+                                "Fix the file, or re-create it with config.save_pretrained().")
     except FileNotFoundError as e:
         raise ConfigError(f"No config file at '{path}'.") from e
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"Config file '{path}' is not UTF-8 text: {e}. Re-save it as UTF-8 JSON.") from e
+
+
+# keys PretrainedConfig.__init__ takes apart itself (some share a name with a read-only property, as label2id does)
+_CONSUMED_BY_INIT = frozenset({"label2id", "id2label", "num_labels", "torch_dtype", "transformers_version",
+                               "model_type", "attn_implementation", "rope_theta", "rope_scaling"})
+
+
+def check_key(cls: type, key: Any) -> None:
+    """Raise a ConfigError if `key` cannot be a config attribute of `cls`: not a string, `self`, a dunder name, or
+    the name of a method or read-only property (`to_dict`, `use_return_dict`), which the value would replace."""
+    if not isinstance(key, str) or key == "self" or key.startswith("__"):
+        raise ConfigError(f"{cls.__name__}: the key {key!r} cannot be a config attribute. Remove it.")
+    found = inspect.getattr_static(cls, key, None)
+    if isinstance(found, property):
+        if found.fset is None:
+            raise ConfigError(f"{cls.__name__}: the key '{key}' names a read-only property. Remove it.")
+    elif callable(found) or isinstance(found, (classmethod, staticmethod)):
+        raise ConfigError(f"{cls.__name__}: the key '{key}' names a method of the class. Remove it.")
+
+
+@contextlib.contextmanager
+def naming_file(path: str | os.PathLike | None) -> Iterator[None]:
+    """A ConfigError raised inside (a bad value, an unknown model_type) is raised again, of the same type, with
+    the config file's path in front of its message, so every config-caused error names the file to fix."""
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(
-            f"Config file '{path}' is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}. "
-            "Fix the file, or re-create it with config.save_pretrained()."
-        ) from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"Config file '{path}' must hold a JSON object, but holds a {type(data).__name__}.")
-    return data
+        yield
+    except ConfigError as e:
+        if path is None or os.fspath(path) in str(e):
+            raise
+        try:
+            named = type(e)(f"Config file '{os.fspath(path)}': {e}")
+        except TypeError:  # a subclass with another constructor: keep it as it is
+            raise e from None
+        raise named from e
 
 
 def _rope_parameters(kwargs: dict[str, Any], default_theta: float | None) -> dict[str, Any]:

@@ -43,6 +43,12 @@ class SaveInterruptedError(CheckpointError):
     """A save into this folder was interrupted before it completed."""
 
 
+class UnsafePathError(CorruptCheckpointError):
+    """A file name read from a file (the save record `.pretrained-save.json`, an index's `weight_map`, a Hub file
+    name) is not a plain name inside its folder: absolute, with `..`, a separator, a NUL, or not of the form our
+    writer makes. Raised before anything is read, renamed or deleted."""
+
+
 class ShapeMismatchError(PretrainedError, RuntimeError):
     """Tensors in the checkpoint do not fit the model's parameters."""
 

@@ -65,6 +65,20 @@ def parse_reference(reference: Any) -> tuple[str | None, str, str]:
     return (repo if sep else None), module, name
 
 
+def check_auto_map(auto_map: Any, source: str) -> None:
+    """Check every entry of the `auto_map` of `source`'s config.json before any of its code is fetched: a module
+    or repo part that could name a path ("../x", "/abs", "a/b") raises RemoteCodeError naming the file and key."""
+    if not isinstance(auto_map, dict):
+        raise RemoteCodeError(f"config.json of '{source}': 'auto_map' is {type(auto_map).__name__}, not an object "
+                              "mapping Auto class names to 'module_file.ClassName'. Fix or remove it.")
+    for key, reference in auto_map.items():
+        try:
+            parse_reference(reference)
+        except RemoteCodeError as e:
+            raise RemoteCodeError(f"config.json of '{source}', key auto_map[{key!r}]: {e} Nothing was fetched or "
+                                  "run; fix that entry, or load without trust_remote_code.") from e
+
+
 def code_files(auto_map: dict[str, Any]) -> list[str]:
     """The module files an `auto_map` names ("configuration_x.py", "modeling_x.py (from 'org/r')"), for messages."""
     out = []
@@ -84,6 +98,7 @@ def check_trust(source: str, auto_map: dict[str, Any], trust_remote_code: bool |
     """Whether to use the checkpoint's own classes: True with trust; False when the library has its own class for
     this model type; otherwise an UntrustedCodeError that names the repo, the files that would run and the switch."""
     if trust_remote_code:
+        check_auto_map(auto_map, source)
         return True
     if has_local:
         return False
@@ -123,8 +138,9 @@ def get_class(reference: Any, source: str | os.PathLike, *, code_revision: str |
     elif not same:
         hub.pop("revision", None)
         hub["_pin"] = {}
-    if not same:
+    if not same:  # another repo's code comes from the Hub, never from a folder that happens to have its name
         hub.pop("subfolder", None)
+        hub["hub_only"] = True
     package = _prepare(where, module.replace(".", "/") + ".py", hub)
     mod = importlib.import_module(f"{package}.{module}")
     cls = getattr(mod, name, None)
@@ -147,7 +163,7 @@ def _prepare(where: str, entry: str, hub: dict[str, Any]) -> str:
     """Fetch `entry` and its relative imports, check their imports, copy them into the cache; the package name."""
     from .hub.resolve import resolve_file
 
-    local = os.path.isdir(where)
+    local = os.path.isdir(where) and not hub.get("hub_only")
     files: dict[str, str] = {}  # path inside the repo -> local path
     todo = [entry]
     while todo:
@@ -298,8 +314,9 @@ def check_auto_class(auto_class: Any) -> str:
     from . import registry
 
     name = auto_class if isinstance(auto_class, str) else getattr(auto_class, "__name__", repr(auto_class))
-    if name not in ("AutoConfig", *registry.TASKS):
-        raise ValueError(f"{name} is not an Auto class; use one of AutoConfig, {', '.join(registry.TASKS)}.")
+    if name not in ("AutoConfig", *registry.TASKS, *registry.FLAX_TASKS, *registry.TF_TASKS):
+        raise ValueError(f"{name} is not an Auto class; use one of AutoConfig, {', '.join(registry.TASKS)}, or "
+                         f"their Flax and TF twins ({', '.join(registry.FLAX_TASKS + registry.TF_TASKS)}).")
     return name
 
 

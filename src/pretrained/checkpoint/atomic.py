@@ -13,11 +13,18 @@ folder that reads as exactly one complete checkpoint:
 
 The next save into the folder first finishes (rolls forward) any marked commit, and clears abandoned staging
 folders. Nothing here imports torch.
+
+The manifest is input like any other file: before a name in it is joined to the folder, it must be one our writer
+makes (`is_plain_name`, no leading dot; the staging folder `STAGING_PREFIX` + 12 hex digits, a real folder). A
+manifest that names anything else raises UnsafePathError, on load and on save, and nothing is read, renamed or
+deleted. `is_plain_name` / `is_relative_name` are the one check every name read from a file goes through (index
+shards, Hub file names, custom code paths).
 """
 
 from __future__ import annotations
 
 import json
+import ntpath
 import os
 import re
 import shutil
@@ -25,11 +32,25 @@ import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Iterable
 
-from ..errors import SaveInterruptedError
+from ..errors import SaveInterruptedError, UnsafePathError
 
 MARKER = ".pretrained-save.json"
 STAGING_PREFIX = ".pretrained-staging-"
 _ATOMIC_TMP = re.compile(r"\..+\.[0-9a-f]{32}\.tmp")  # write_text_atomic's temp file names
+_STAGING = re.compile(re.escape(STAGING_PREFIX) + r"[0-9a-f]{12}")  # AtomicSave's staging folder names
+
+
+def is_plain_name(name: object) -> bool:
+    """Whether `name` is a plain file name that stays inside any folder it is joined to: a non-empty string, not
+    "." or "..", without a separator ("/" or "\\"), a NUL or a drive ("C:"), under POSIX and Windows rules alike."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
+            and not ntpath.splitdrive(name)[0] and not os.path.isabs(name))
+
+
+def is_relative_name(name: object) -> bool:
+    """Whether `name` is a "/"-separated path of plain names ("config.json", "sub/modeling_x.py"): a repo file name
+    that stays inside the folder (or cache snapshot) it is joined to."""
+    return isinstance(name, str) and all(is_plain_name(part) for part in name.split("/"))
 
 
 def fsync_path(path: str) -> None:
@@ -58,6 +79,10 @@ def write_text_atomic(path: str, text: str) -> None:
 
 
 def _read_marker(folder: str) -> dict | None:
+    """The manifest of a save in progress in `folder`, checked (None if there is none).
+
+    SaveInterruptedError: unreadable, or not a record of staged and removed files (nothing to roll forward; a new
+    save replaces it). UnsafePathError: a record whose names are not ones our writer makes (see the module's doc)."""
     path = os.path.join(folder, MARKER)
     try:
         with open(path, encoding="utf-8") as f:
@@ -65,7 +90,6 @@ def _read_marker(folder: str) -> dict | None:
         if not (isinstance(marker, dict) and isinstance(marker.get("staging"), str)
                 and isinstance(marker.get("files"), list) and isinstance(marker.get("remove"), list)):
             raise ValueError("not a record of staged and removed files")
-        return marker
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:  # cannot happen through our writer: it is renamed into place whole
@@ -73,6 +97,21 @@ def _read_marker(folder: str) -> dict | None:
             f"'{path}' (the record of a save in progress) is unreadable: {e}. A save into '{folder}' was "
             "interrupted; save the model again into this folder."
         ) from e
+    staging = marker["staging"]
+    bad = [repr(n) for n in (*marker["files"], *marker["remove"]) if not is_plain_name(n) or n.startswith(".")]
+    if not _STAGING.fullmatch(staging):
+        bad.insert(0, f"staging folder {staging!r}")
+    elif os.path.islink(os.path.join(folder, staging)):
+        bad.insert(0, f"staging folder {staging!r} (a symbolic link)")
+    if bad:
+        raise UnsafePathError(
+            f"'{path}' (the record of a save in progress) names {', '.join(bad[:5])}"
+            f"{f' and {len(bad) - 5} more' if len(bad) > 5 else ''}: not a plain file name in '{folder}' or a "
+            f"staging folder '{STAGING_PREFIX}<12 hex digits>' as pretrained writes them, so it was not written by "
+            "pretrained. Nothing was read, renamed or deleted. If you trust this folder, delete that file and load "
+            "or save again; otherwise discard the folder."
+        )
+    return marker
 
 
 def locate(folder: str, filename: str) -> str | None:
@@ -125,8 +164,8 @@ def recover(folder: str) -> None:
     of `write_text_atomic` (a save killed while writing the marker leaves `..pretrained-save.json.<hex>.tmp`)."""
     try:
         marker = _read_marker(folder)
-    except SaveInterruptedError:  # corrupt (not by us): nothing to roll forward; the caller's save replaces all
-        os.unlink(os.path.join(folder, MARKER))
+    except SaveInterruptedError:  # unreadable (not by us): nothing to roll forward; the caller's save replaces all
+        os.unlink(os.path.join(folder, MARKER))  # (UnsafePathError is no SaveInterruptedError: it propagates)
         marker = None
     if marker is not None:
         _roll_forward(folder, marker)
@@ -160,8 +199,8 @@ class AtomicSave:
         self._pool: ThreadPoolExecutor | None = None
 
     def path(self, filename: str) -> str:
-        if os.sep in filename or filename.startswith("."):
-            raise ValueError(f"'{filename}' must be a plain file name.")
+        if not is_plain_name(filename) or filename.startswith("."):
+            raise ValueError(f"'{filename}' must be a plain file name (no folder, not hidden).")
         if filename not in self.files:
             self.files.append(filename)
         return os.path.join(self.staging, filename)

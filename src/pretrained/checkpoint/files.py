@@ -7,13 +7,15 @@ A `variant` inserts itself before the last suffix: `model.fp16.safetensors`, `mo
 
 from __future__ import annotations
 
-import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import CheckpointNotFoundError, CorruptCheckpointError
+from ..errors import CheckpointNotFoundError, CorruptCheckpointError, UnsafePathError
 from ..hub.resolve import resolve_file
+from ..jsonfile import read_json_object
+from .atomic import is_plain_name
 from .shards import add_variant
 
 SAFE_WEIGHTS = "model.safetensors"
@@ -74,22 +76,24 @@ def find_checkpoint(
 
 def read_index(index_path: str) -> dict[str, Any]:
     """Parse and check an index file; errors name the file."""
-    try:
-        with open(index_path, encoding="utf-8") as f:
-            index = json.load(f)
-    except json.JSONDecodeError as e:
-        raise CorruptCheckpointError(
-            f"Index file '{index_path}' is not valid JSON ({e.msg}, line {e.lineno}). Re-save the checkpoint."
-        ) from e
-    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    index = read_json_object(index_path, CorruptCheckpointError, "Index file", "Re-save the checkpoint.")
+    weight_map = index.get("weight_map")
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise CorruptCheckpointError(
             f"Index file '{index_path}' has no 'weight_map' object mapping tensor names to shard files. "
             "Re-save the checkpoint."
         )
-    for shard in set(weight_map.values()):
-        if os.sep in shard or shard.startswith(".") or "/" in shard:
-            raise CorruptCheckpointError(f"Index file '{index_path}' names the shard '{shard}' outside its folder.")
+    if not weight_map:
+        raise CorruptCheckpointError(
+            f"Index file '{index_path}' has an empty 'weight_map': it names no tensor and no shard. Re-save the "
+            "checkpoint, or restore its index."
+        )
+    for shard in sorted(set(weight_map.values())):
+        if not is_plain_name(shard) or shard.startswith("."):
+            raise UnsafePathError(
+                f"Index file '{index_path}' names the shard {shard!r}, which is not a plain file name in its folder "
+                "(absolute, '..', a separator, NUL or hidden); nothing was read. Re-save the checkpoint."
+            )
     return index
 
 
@@ -105,5 +109,55 @@ def _from_index(name_or_path: str | os.PathLike, index_path: str, fmt: str, hub:
                 "missing shard, or re-save the checkpoint."
             )
         paths[shard] = path
+    _check_shard_numbers(index_path, shard_names)
     weight_map = {name: paths[shard] for name, shard in index["weight_map"].items()}
     return CheckpointFiles(fmt, [paths[s] for s in shard_names], index, index_path, weight_map)
+
+
+_NUMBERED = re.compile(r"^(?P<stem>.+)-(?P<i>\d+)-of-(?P<n>\d+)(?P<ext>\.[^-]+)$")
+
+
+def _check_shard_numbers(index_path: str, shard_names: list[str]) -> None:
+    """Shards named the ecosystem's way (`model-00002-of-00004.safetensors`) say how many there are: an index that
+    names some of them but not all has lost the entries of a shard (its tensors would load as random weights)."""
+    found = [_NUMBERED.match(name) for name in shard_names]
+    if not found or not all(found):
+        return
+    if len({(m["stem"], m["n"], m["ext"], len(m["i"])) for m in found}) != 1:
+        return  # not one numbered series: nothing to infer
+    first = found[0]
+    total = int(first["n"])
+    missing = sorted(set(range(1, total + 1)) - {int(m["i"]) for m in found})
+    if missing and total <= 100_000:
+        names = [f"{first['stem']}-{i:0{len(first['i'])}d}-of-{first['n']}{first['ext']}" for i in missing]
+        raise CorruptCheckpointError(
+            f"The index '{index_path}' names {len(found)} of the {total} shards its file names count, but no tensor "
+            f"in {', '.join(repr(n) for n in names[:5])}{' ...' if len(names) > 5 else ''}: entries of the index are "
+            "lost. Re-download the index or re-save the checkpoint."
+        )
+
+
+def check_index(index_path: str, weight_map: dict[str, str], found: dict[str, str], limit: int = 5) -> None:
+    """Check an index against the shards: `weight_map` (tensor name -> shard path, as the index says) and `found`
+    (tensor name -> the shard that holds it, as the shard headers say) must agree on every tensor. Any
+    disagreement — a tensor the index puts in a shard that lacks it, one it does not list, one in another shard —
+    raises a CorruptCheckpointError naming the index and the shard files involved."""
+    problems = []
+    for name, claimed in weight_map.items():
+        actual = found.get(name)
+        if actual == claimed:
+            continue
+        if actual is None:
+            problems.append(f"'{name}': the index puts it in '{claimed}', which does not hold it (no shard does)")
+        else:
+            problems.append(f"'{name}': the index puts it in '{claimed}', but it is in '{actual}'")
+    for name, actual in found.items():
+        if name not in weight_map:
+            problems.append(f"'{name}': '{actual}' holds it, but the index does not list it")
+    if problems:
+        more = f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else ""
+        raise CorruptCheckpointError(
+            f"The index '{index_path}' and its shards disagree about {len(problems)} tensor(s):\n  - "
+            + "\n  - ".join(problems[:limit]) + more
+            + "\nThe index or a shard is damaged or from another save: re-download or re-save the checkpoint."
+        )

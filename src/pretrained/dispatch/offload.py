@@ -183,7 +183,13 @@ class DiskStore:
             )
         os.makedirs(self.offload_folder, exist_ok=True)
         path = os.path.join(self.offload_folder, f"{name}.safetensors")
-        write_safetensors(path, {name: tensor.contiguous()}, {"format": "pt"})
+        tmp = f"{path}.{os.getpid()}.{id(tensor):x}.tmp"  # a new file, renamed over the old one: another model that
+        try:  # maps the old one (the same offload_folder) keeps its pages; writing in place would change or cut them
+            write_safetensors(tmp, {name: tensor.contiguous()}, {"format": "pt"})
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
         self.written.append(path)
         infos, _ = read_safetensors_header(path)
         return self.view(infos[name])

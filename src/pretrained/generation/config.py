@@ -12,7 +12,9 @@ import json
 import os
 from typing import Any, Callable
 
+from ..configuration import check_key
 from ..errors import ConfigError
+from ..jsonfile import read_json_object
 
 GENERATION_CONFIG_NAME = "generation_config.json"
 
@@ -71,6 +73,8 @@ class GenerationConfig:
     """Decoding settings. `GenerationConfig(max_new_tokens=20, do_sample=True, top_p=0.9)`."""
 
     def __init__(self, **kwargs: Any) -> None:
+        for name in kwargs:
+            check_key(type(self), name)
         for name in FIELDS:
             setattr(self, name, kwargs.pop(name, None))
         self._from_model_config = kwargs.pop("_from_model_config", None)
@@ -112,7 +116,10 @@ class GenerationConfig:
                           ("num_return_sequences", 1)):
             check_int(name, low)
         if isinstance(self.compile_config, dict):
-            self.compile_config = CompileConfig(**self.compile_config)
+            try:
+                self.compile_config = CompileConfig(**self.compile_config)
+            except TypeError as e:
+                raise bad("compile_config", f"it must hold CompileConfig's fields ({e})") from None
         if self.compile_config is not None and not isinstance(self.compile_config, CompileConfig):
             raise bad("compile_config", "it must be a CompileConfig (from pretrained import CompileConfig) or None")
         for name in ("do_sample", "use_cache", "output_attentions", "output_hidden_states", "output_scores",
@@ -201,15 +208,16 @@ class GenerationConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> GenerationConfig:
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path} is not valid JSON: {e}.") from None
+        """Read `generation_config.json`; every problem with it is a ConfigError naming the file."""
+        data = read_json_object(path, ConfigError, "Generation config file",
+                                "Fix it, or re-create it with GenerationConfig.save_pretrained().")
         try:
             return cls(**data)
         except ConfigError as e:
-            raise ConfigError(f"{path}: {e}") from None
+            raise ConfigError(f"Generation config file '{path}': {e}") from None
+        except (TypeError, ValueError, ArithmeticError, AttributeError, LookupError) as e:
+            raise ConfigError(f"Generation config file '{path}' holds a value that cannot be used "
+                              f"({type(e).__name__}: {e}).") from e
 
     def save_pretrained(self, save_directory: str | os.PathLike,
                         config_file_name: str = GENERATION_CONFIG_NAME) -> None:

@@ -21,9 +21,10 @@ import tempfile
 from collections.abc import Iterable
 from typing import Any
 
-from ..checkpoint.atomic import STAGING_PREFIX, list_files
+from ..checkpoint.atomic import STAGING_PREFIX, is_relative_name, list_files
 from ..checkpoint.files import PT_INDEX, PT_WEIGHTS, SAFE_INDEX, SAFE_WEIGHTS
 from ..checkpoint.shards import DEFAULT_MAX_SHARD_SIZE, add_variant, is_shard_of
+from ..errors import UnsafePathError
 from .resolve import hub_error
 
 MODEL_CARD_NAME = "README.md"
@@ -172,7 +173,12 @@ def push_folder(
 
     folder = os.fspath(folder)
     present = _local_files(folder)  # what the folder holds: decides what is stale, and whether it has a card
-    local = present if files is None else {n: os.path.join(folder, n) for n in files}
+    files = list(present) if files is None else list(files)
+    unsafe = [n for n in files if not is_relative_name(n)]
+    if unsafe:  # e.g. read from a save record: it would upload a file from outside the folder
+        raise UnsafePathError(f"Refusing to push {', '.join(map(repr, unsafe))} from '{folder}': not a relative "
+                              "path of plain names inside the folder. Nothing was uploaded.")
+    local = {n: os.path.join(folder, n) for n in files}
     tags = [tags] if isinstance(tags, str) else list(tags or [])
     api = HfApi(token=token)
     target = revision or "main"
@@ -181,9 +187,9 @@ def push_folder(
         if revision is not None and not revision.startswith("refs/"):
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         head = api.repo_info(repo_id, revision=target).sha
-        remote = {} if head is None else {
+        remote = {} if head is None else {  # files, not folders; a name no repo can hold is no file of ours
             entry.path: entry for entry in api.list_repo_tree(repo_id, revision=head, recursive=True)
-            if hasattr(entry, "blob_id")  # files, not folders
+            if hasattr(entry, "blob_id") and is_relative_name(entry.path)
         }
     except hf_errors.HfHubHTTPError as e:
         raise hub_error(e, repo_id, revision=target, writing=True) from e

@@ -15,9 +15,9 @@ import os
 import re
 from typing import Any
 
-from ..checkpoint.atomic import locate
+from ..checkpoint.atomic import is_relative_name, locate
 from ..errors import (CheckpointNotFoundError, GatedRepoError, HubError, HubPermissionError, OfflineError,
-                      RepoFileNotFoundError, RepoNotFoundError, RevisionNotFoundError)
+                      RepoFileNotFoundError, RepoNotFoundError, RevisionNotFoundError, UnsafePathError)
 
 HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "_pin")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
@@ -53,16 +53,26 @@ def resolve_file(
     local_files_only: bool = False,
     token: str | bool | None = None,
     required: bool = True,
+    hub_only: bool = False,
     _pin: dict | None = None,
 ) -> str | None:
     """Local path of `filename` from a folder or a repo; None if absent and not `required`.
 
-    `_pin` (from `pop_hub_kwargs`): {(repo_id, revision): commit}, filled by the first download and used by the next.
-    Raises CheckpointNotFoundError for a folder, and for a repo one of the `HubError`s that `hub_error` lists
-    (`OfflineError` when the Hub cannot be asked and the file is not cached).
+    `filename` is a repo file name ("config.json", "sub/modeling_x.py"); one that could leave the folder or the
+    cache snapshot (absolute, "..", a backslash, NUL) raises UnsafePathError before anything is looked up.
+    `hub_only`: `name_or_path` is a repo id even if a folder of that name exists (code that an `auto_map` says
+    lives in another repo). `_pin` (from `pop_hub_kwargs`): {(repo_id, revision): commit}, filled by the first
+    download and used by the next. Raises CheckpointNotFoundError for a folder, and for a repo one of the
+    `HubError`s that `hub_error` lists (`OfflineError` when the Hub cannot be asked and the file is not cached).
     """
     source = os.fspath(name_or_path)
-    if os.path.isdir(source):
+    if not is_relative_name(filename):
+        raise UnsafePathError(
+            f"The file name {filename!r} asked of '{source}' is not a relative path of plain names (it is absolute, "
+            "or has '..', a backslash or a NUL), so it could name a file outside the checkpoint; nothing was read. "
+            "If it comes from a checkpoint's file (an index, a config), that file is corrupt or hostile."
+        )
+    if os.path.isdir(source) and not hub_only:
         folder = os.path.join(source, subfolder) if subfolder else source
         path = locate(folder, filename) if os.path.isdir(folder) else None
         if path is None and required:
@@ -71,7 +81,7 @@ def resolve_file(
                 "with save_pretrained()."
             )
         return path
-    if _looks_like_path(source):
+    if _looks_like_path(source) and not hub_only:
         raise CheckpointNotFoundError(
             f"'{source}' is not a folder. Give the path of a folder holding config.json and the weights, "
             "or a Hub repo id such as 'org/name'."

@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 from ..checkpoint.files import find_checkpoint
-from ..checkpoint.reader import CheckpointReader, TensorInfo
+from ..checkpoint.reader import CheckpointReader, TensorInfo, read_converted
 from ..checkpoint.shards import DEFAULT_MAX_SHARD_SIZE
 from ..checkpoint.writer import save_checkpoint
-from ..configuration import CONFIG_NAME, PretrainedConfig
+from ..configuration import CONFIG_NAME, PretrainedConfig, naming_file
 from ..dispatch.hooks import attach_hooks
 from ..dispatch.offload import DiskStore
 from ..dispatch.plan import STRATEGIES, available_memory, device_for, parse_device_map, plan_device_map, sizes_from_model
@@ -34,7 +34,7 @@ from ..layers.attention import check_implementation
 from ..layers.pruning import attention_blocks, prune_attention_heads
 from .dtype import as_dtype, module_dtype, resolve_dtype
 from .embeddings import resized_embedding, resized_linear_rows
-from .loading import initialise_meta, load_into
+from .loading import check_config_fits, initialise_meta, load_into
 from .utils import ModuleUtilsMixin
 
 _SKIP_INIT = contextvars.ContextVar("pretrained_skip_init", default=False)
@@ -322,8 +322,15 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin, PushToHubMixin):
     def _skeleton(cls, config: PretrainedConfig, dtype: torch.dtype) -> PreTrainedModel:
         """The model on the meta device in `dtype` (fp32-kept modules in float32 under float16), weights not
         initialised."""
-        with torch.device("meta"), _default_dtype(dtype), no_init_weights():
-            model = cls(config)
+        with torch.device("meta"), _default_dtype(dtype), no_init_weights(), naming_file(
+                getattr(config, "_config_file", None)):
+            try:
+                model = cls(config)
+            except PretrainedError:
+                raise
+            except (TypeError, ValueError, ArithmeticError, LookupError, RuntimeError) as e:  # the config is the input
+                raise ConfigError(f"{cls.__name__} cannot be built from its config ({type(e).__name__}: {e}). Fix "
+                                  "the config value it names.") from e
         keep = tuple(cls.facts.keep_in_fp32_modules)
         if keep and dtype == torch.float16:
             for name, module in model.named_modules():
@@ -376,6 +383,13 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin, PushToHubMixin):
             offload_folder: where weights planned on "disk" are written when they cannot be mapped from the
                 checkpoint itself (a dtype change, or a pickle checkpoint).
             offload_buffers: put the buffers of disk-planned modules on disk too (default: keep them in memory).
+            disable_mmap: False/None (default): weights that need no conversion are zero-copy mappings of the
+                checkpoint's files, which must then not be changed in place while the model lives (truncating one,
+                e.g. `cp` or `rsync --inplace` over it, kills the process with SIGBUS at the next use; overwriting
+                it changes the weights). True (the reference's name): every weight is read into memory of its own
+                and no mapping of the files is kept; weights planned on "disk" are then written to
+                `offload_folder` (required) and mapped from there instead of from the checkpoint. (A `state_dict`
+                given instead of files is used as it is.)
             output_loading_info: also return {"missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"}.
             ignore_mismatched_sizes: initialise weights whose checkpoint shape differs instead of raising.
             use_safetensors: True = safetensors only; False = pickle only; None = safetensors first.
@@ -397,6 +411,7 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin, PushToHubMixin):
         max_memory = kwargs.pop("max_memory", None)
         offload_folder = kwargs.pop("offload_folder", None)
         offload_buffers = kwargs.pop("offload_buffers", False)
+        disable_mmap = bool(kwargs.pop("disable_mmap", None))
         kwargs.pop("offload_state_dict", None)  # moot: weights stream one tensor at a time, never a second copy
         attn = kwargs.pop("attn_implementation", None)
         variant = kwargs.pop("variant", None)
@@ -415,10 +430,19 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin, PushToHubMixin):
             reader = _StateDictReader(state_dict)
         else:
             files = find_checkpoint(pretrained_model_name_or_path, variant=variant, use_safetensors=use_safetensors, **hub)
-            reader = CheckpointReader(files.files, files.format)
+            reader = CheckpointReader(files.files, files.format, files.weight_map or None, files.index_path)
+            if disable_mmap:
+                reader = _OwnedReader(reader)
         dtype = resolve_dtype(requested_dtype, config.dtype, reader.first_floating_dtype())
+        check_config_fits(config, reader)  # before building: a config that cannot match the weights fails at once
         model = cls._skeleton(config, dtype)
         plan = _device_plan(model, device_map, max_memory)
+        if disable_mmap and plan and "disk" in plan.values() and not offload_folder:
+            raise DeviceMapError(
+                "disable_mmap=True keeps no mapping of the checkpoint's files, so the weights planned on 'disk' are "
+                "copied into an offload folder of their own: pass offload_folder=..., or drop disable_mmap to map "
+                "them from the checkpoint, or raise max_memory so they fit in memory."
+            )
         store = DiskStore(offload_folder) if plan and "disk" in plan.values() else None
         buffers = {n for n, _ in model.named_buffers()}
         in_memory = next((d for d in (plan or {}).values() if d != "disk"), "cpu")  # for what a map leaves out
@@ -547,6 +571,40 @@ def _device_plan(model: nn.Module, device_map: Any, max_memory: Any) -> dict[str
         sizes = sizes_from_model(model)
         return plan_device_map(sizes, budgets, model._no_split_modules, strategy=device_map).device_map
     return parse_device_map(device_map, model)
+
+
+class _OwnedReader:
+    """`disable_mmap=True`: a checkpoint's tensors, each read into memory of its own (safetensors: `preadv` into a
+    fresh buffer, never mapped; pickle: a copy of the tensor `torch.load` mapped, which is then dropped). Its
+    `format` is not "safetensors", so `load_into` writes disk-planned weights to the offload folder rather than
+    mapping the checkpoint."""
+
+    def __init__(self, reader: CheckpointReader) -> None:
+        self._reader = reader
+        self.paths, self.infos, self.metadata = reader.paths, reader.infos, reader.metadata
+        self.format = f"{reader.format}, read into memory"
+
+    def first_floating_dtype(self) -> torch.dtype | None:
+        return self._reader.first_floating_dtype()
+
+    def iter_tensors(self, names: set[str] | None = None, dtypes: dict[str, torch.dtype] | None = None):
+        dtypes = dtypes or {}
+        if self._reader.format != "safetensors":
+            for name, t in self._reader.iter_tensors(names, dtypes):
+                want = dtypes.get(name, t.dtype)
+                yield name, (t.to(want) if want != t.dtype else t.clone())
+            return
+        scratch: list[torch.Tensor] = []  # for conversions: the converted tensor is new memory anyway
+        for path in self.paths:
+            mine = sorted((i for i in self.infos.values() if i.path == path and (names is None or i.name in names)),
+                          key=lambda i: i.start)
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                for info in mine:
+                    want = dtypes.get(info.name, info.dtype)
+                    yield info.name, read_converted(info, want, fd, scratch if want != info.dtype else [])
+            finally:
+                os.close(fd)
 
 
 class _StateDictReader(CheckpointReader):

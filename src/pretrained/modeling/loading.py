@@ -10,33 +10,27 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from typing import Any
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from ..checkpoint.reader import CheckpointReader
+from ..checkpoint.report import LoadingInfo  # the report every framework gives (was defined here)
 from ..dispatch.offload import DiskStore
-from ..errors import ShapeMismatchError
+from ..errors import ConfigError, CorruptCheckpointError, LoadingError, ShapeMismatchError
+
+logger = logging.getLogger("pretrained")
+# A load must take at least this share of the base model's own tensors from the checkpoint (a base->task load
+# leaves only the new head to initialise, which is outside the base model); less means config and checkpoint
+# describe different models, and the result would be mostly random.
+MIN_SUPPLIED = 0.5
+_INDEX_SEGMENT = re.compile(r"(?:^|\.)(\d+)(?=\.|$)")
 
 _LEGACY_SUFFIXES = ((".gamma", ".weight"), (".beta", ".bias"))
-
-
-@dataclass
-class LoadingInfo:
-    """What a load did; `output_loading_info=True` hands this over as a dict."""
-
-    missing_keys: list[str] = field(default_factory=list)
-    unexpected_keys: list[str] = field(default_factory=list)
-    mismatched_keys: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # (name, ckpt, model shapes)
-    error_msgs: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, list]:
-        return {"missing_keys": self.missing_keys, "unexpected_keys": self.unexpected_keys,
-                "mismatched_keys": self.mismatched_keys, "error_msgs": self.error_msgs}
 
 
 def key_mapper(model: nn.Module, checkpoint_keys: list[str], model_keys: set[str]) -> Callable[[str], str]:
@@ -99,6 +93,7 @@ def load_into(
     info = LoadingInfo()
     wanted: dict[str, str] = {}  # checkpoint name -> model name
     mismatches = []
+    kinds: list[tuple[str, Any, torch.dtype]] = []
     leftovers = [re.compile(p) for p in model.facts.ignore_unexpected]
     for ckpt_name, tinfo in reader.infos.items():
         name = to_model(ckpt_name)
@@ -110,13 +105,28 @@ def load_into(
         if tinfo.shape != expected:
             mismatches.append((name, tinfo.shape, expected, tinfo.path))
             continue
+        target = targets[name]
+        if isinstance(target, nn.Parameter) and tinfo.dtype.is_floating_point != target.is_floating_point():
+            kinds.append((ckpt_name, tinfo, target.dtype))
+            continue
         wanted[ckpt_name] = name
+    if kinds:  # integers read as weights (or weights as integers) would load as garbage values
+        lines = "\n".join(f"  - '{n}' in '{t.path}': {str(t.dtype).removeprefix('torch.')} in the checkpoint, "
+                          f"{str(d).removeprefix('torch.')} in the model" for n, t, d in kinds)
+        raise LoadingError(
+            f"{len(kinds)} tensor(s) in the checkpoint are not of the model's kind of number (floating point or "
+            f"integer):\n{lines}\nThe checkpoint is damaged or holds another kind of data (e.g. quantized "
+            "weights); re-download or re-save it."
+        )
+    config_file = _config_file(model)
     if mismatches and not ignore_mismatched_sizes:
         lines = "\n".join(f"  - '{n}' in '{p}': checkpoint {list(c)}, model {list(m)}" for n, c, m, p in mismatches)
         raise ShapeMismatchError(
             f"{len(mismatches)} tensor(s) in the checkpoint do not fit the model:\n{lines}\nCheck that the config "
-            "matches the checkpoint, or pass ignore_mismatched_sizes=True to initialise those weights afresh."
+            f"({config_file}) matches the checkpoint, or pass ignore_mismatched_sizes=True to initialise those "
+            "weights afresh."
         )
+    _check_coverage(model, reader, targets, set(wanted.values()) | {n for n, _, _, _ in mismatches}, config_file)
     info.mismatched_keys = [(n, c, m) for n, c, m, _ in mismatches]
     convert = {c: targets[n].dtype for c, n in wanted.items()  # floating tensors whose dtype changes
                if targets[n].is_floating_point() and reader.infos[c].dtype.is_floating_point
@@ -140,6 +150,8 @@ def load_into(
     tied = {t for t, s in model.active_ties().items() if s in loaded}
     mismatched = {n for n, _, _ in info.mismatched_keys}  # in the checkpoint, reported as mismatched, not missing
     info.missing_keys = sorted(set(targets) - loaded - tied - mismatched)
+    _check_damaged_names(reader, info, targets, to_model)
+    _log_report(model, reader, info)
     def memory_device(name: str) -> torch.device:  # where a tensor made here (init, computed buffer) lives
         place = where(name)
         return torch.device("cpu") if place == "disk" else place
@@ -151,6 +163,115 @@ def load_into(
             if buf is not None and buf.device != target:
                 module._buffers[name] = buf.to(target)
     return info
+
+
+def _config_file(model: nn.Module) -> str:
+    """How messages name the config a model was built from: its file when it was read from one."""
+    path = getattr(getattr(model, "config", None), "_config_file", None)
+    return f"'{path}'" if path else "the config"
+
+
+def _files(reader: Any, limit: int = 3) -> str:
+    paths = list(getattr(reader, "paths", []))
+    shown = ", ".join(f"'{p}'" for p in paths[:limit])
+    return shown + (f" and {len(paths) - limit} more file(s)" if len(paths) > limit else "")
+
+
+def _some(names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(f"'{n}'" for n in names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def check_config_fits(config: Any, reader: Any) -> None:
+    """Before a skeleton is built: a config whose layer counts (the keys its class's `value_rules` call "layers")
+    exceed twice the blocks the checkpoint's tensor names number cannot match it — more than half of its blocks
+    would be random — so it fails here, at once, instead of after building (and initialising) them all."""
+    rules: dict[str, str] = {}
+    for klass in reversed(type(config).__mro__):
+        rules.update(klass.__dict__.get("value_rules", {}))
+    names = list(getattr(reader, "infos", {}))
+    if not names:
+        return  # an empty checkpoint is reported by load_into, with what it lacks
+    blocks = 1 + max((int(m) for name in names for m in _INDEX_SEGMENT.findall(name)), default=-1)
+    for key, kind in rules.items():
+        value = config.__dict__.get(key)
+        if kind.startswith("layers") and isinstance(value, int) and value > max(2 * blocks, 1):
+            raise ConfigError(
+                f"{_config_file_of(config)} sets {key}={value}, but the checkpoint ({_files(reader)}) holds "
+                f"{'no numbered blocks' if blocks == 0 else f'at most {blocks} numbered blocks'}: most of the model "
+                f"would be random. Fix {key} in the config, or load the checkpoint the config was written for."
+            )
+
+
+def _config_file_of(config: Any) -> str:
+    path = getattr(config, "_config_file", None)
+    return f"The config file '{path}'" if path else "The config"
+
+
+def _check_coverage(model: nn.Module, reader: Any, targets: dict[str, Any], supplied: set[str],
+                    config_file: str) -> None:
+    """Refuse a load that would return a model mostly made of fresh random weights: when no checkpoint tensor is a
+    weight of this model, or when the checkpoint supplies less than MIN_SUPPLIED of the base model's own tensors
+    (tied copies aside). A task head missing from a base checkpoint is outside the base model: it only warns."""
+    if not targets:
+        return
+    ckpt = list(reader.infos)
+    prefix = model.facts.base_model_prefix
+    core = [n for n in targets if model.base_model is model or n.startswith(prefix + ".")] or list(targets)
+    tied = set(model.active_ties()) if hasattr(model, "active_ties") else set()
+    core = [n for n in core if n not in tied] or core
+    got = sum(n in supplied for n in core)
+    if supplied and got >= MIN_SUPPLIED * len(core):
+        return
+    expected = sorted(set(targets) - supplied)
+    if not ckpt:
+        what = "holds no tensors at all"
+    elif not supplied:
+        what = f"holds {len(ckpt)} tensor(s), none of them a weight of {type(model).__name__} (it has {_some(ckpt)})"
+    else:
+        what = (f"supplies only {got} of the {len(core)} tensors of {type(model).__name__}'s base model (missing "
+                f"{_some([n for n in core if n not in supplied])})")
+    raise LoadingError(
+        f"The checkpoint {_files(reader)} {what}; the model would come back mostly random. {type(model).__name__} "
+        f"expects {_some(expected)}. Check that the config ({config_file}) and its model_type describe this "
+        "checkpoint, and that every weight file is complete."
+    )
+
+
+def _check_damaged_names(reader: Any, info: LoadingInfo, targets: dict[str, Any], to_model: Callable) -> None:
+    """A checkpoint tensor the model does not use whose name differs in exactly one character from a weight the
+    model is missing, with that weight's shape, is the missing weight under a damaged name (a flipped bit in the
+    header): refuse the load rather than return that weight random."""
+    missing = {}
+    for name in info.missing_keys:
+        missing.setdefault(len(name), []).append(name)
+    for ckpt_name in info.unexpected_keys:
+        mapped = to_model(ckpt_name)
+        tinfo = reader.infos[ckpt_name]
+        for name in missing.get(len(mapped), ()):
+            if sum(a != b for a, b in zip(mapped, name)) == 1 and tuple(targets[name].shape) == tuple(tinfo.shape):
+                raise CorruptCheckpointError(
+                    f"'{tinfo.path}' holds a tensor named {ckpt_name!r}, which the model does not have, and lacks "
+                    f"the weight {name!r} of the same shape, one character away: the name was damaged. "
+                    "Re-download or re-save the checkpoint."
+                )
+
+
+def _log_report(model: nn.Module, reader: Any, info: LoadingInfo) -> None:
+    """Warn, as the reference does, about weights the checkpoint lacked (initialised afresh), tensors it held that
+    the model does not use, and tensors of another shape (with ignore_mismatched_sizes)."""
+    name, where = type(model).__name__, _files(reader)
+    if info.missing_keys:
+        logger.warning("Some weights of %s were not in the checkpoint %s and are newly initialised: %s. Train the "
+                       "model before using it for predictions, or check the checkpoint.", name, where,
+                       _some(info.missing_keys, 20))
+    if info.unexpected_keys:
+        logger.warning("Some tensors of the checkpoint %s were not used by %s: %s.", where, name,
+                       _some(info.unexpected_keys, 20))
+    if info.mismatched_keys:
+        logger.warning("Some weights of %s had another shape in the checkpoint %s and are newly initialised: %s.",
+                       name, where, ", ".join(f"'{n}' (checkpoint {list(c)}, model {list(m)})"
+                                              for n, c, m in info.mismatched_keys[:20]))
 
 
 def _untied_by_checkpoint(model: nn.Module, loaded: set[str]) -> set[str]:

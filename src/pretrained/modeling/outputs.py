@@ -13,9 +13,10 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import torch
+if TYPE_CHECKING:  # annotations only: the base class is shared with the Flax outputs, which import no torch
+    import torch
 
 OLD_CACHE_NAME = "past_key_values"
 _T = TypeVar("_T")

@@ -27,7 +27,7 @@ def load_sharded_checkpoint(model: nn.Module, folder: str | os.PathLike, strict:
         except FileNotFoundError:
             files = None
     files = files or find_checkpoint(folder)
-    reader = CheckpointReader(files.files, files.format)
+    reader = CheckpointReader(files.files, files.format, files.weight_map or None, files.index_path)
     model_keys = list(model.state_dict().keys())
     loaded = set(reader.infos)
     ties = model.active_ties() if hasattr(model, "active_ties") else {}

@@ -15,6 +15,13 @@ class BertConfig(PretrainedConfig):
     """
 
     model_type = "bert"
+    value_rules = {
+        "vocab_size": "size", "hidden_size": "size", "num_hidden_layers": "layers", "num_attention_heads": "size",
+        "intermediate_size": "size", "hidden_act": "activation", "hidden_dropout_prob": "probability",
+        "attention_probs_dropout_prob": "probability", "max_position_embeddings": "size", "type_vocab_size": "count",
+        "initializer_range": "non-negative", "layer_norm_eps": "non-negative", "classifier_dropout": "probability?",
+        "is_decoder": "bool", "add_cross_attention": "bool", "use_cache": "bool",
+    }
 
     def __init__(
         self,

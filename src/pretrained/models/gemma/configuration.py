@@ -11,6 +11,7 @@ class GemmaConfig(LlamaConfig):
     approximation and is read as "gelu_pytorch_tanh". Gemma has no `mlp_bias` or `pretraining_tp`."""
 
     model_type = "gemma"
+    value_rules = {"use_bidirectional_attention": "bool?"}
 
     def __init__(
         self,

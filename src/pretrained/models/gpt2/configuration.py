@@ -16,6 +16,13 @@ class GPT2Config(PretrainedConfig):
     """
 
     model_type = "gpt2"
+    value_rules = {
+        "vocab_size": "size", "n_positions": "size", "n_embd": "size", "n_layer": "layers", "n_head": "size",
+        "n_inner": "size?", "activation_function": "activation", "resid_pdrop": "probability",
+        "embd_pdrop": "probability", "attn_pdrop": "probability", "layer_norm_epsilon": "non-negative",
+        "initializer_range": "non-negative", "scale_attn_weights": "bool", "use_cache": "bool",
+        "scale_attn_by_inverse_layer_idx": "bool", "reorder_and_upcast_attn": "bool", "add_cross_attention": "bool",
+    }
     keys_to_ignore_at_inference = ["past_key_values"]
     attribute_map = {
         "hidden_size": "n_embd",

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from ...configuration import PretrainedConfig
 from ...errors import ConfigError
@@ -17,6 +17,26 @@ class LlamaConfig(PretrainedConfig):
 
     model_type = "llama"
     default_rope_theta = 10000.0
+    # Partition plan (tensor parallelism), shared by the PyTorch and the Flax classes (`flax/sharding.py`): module
+    # pattern of the base model ("*" = a layer index) -> "colwise" (split output features) | "rowwise" (input
+    # features). The reference's plan for Llama, Mistral, Qwen2 and Gemma, which inherit it. A class attribute: it
+    # is not written to config.json.
+    base_model_tp_plan: ClassVar[dict[str, str]] = {
+        "layers.*.self_attn.q_proj": "colwise",
+        "layers.*.self_attn.k_proj": "colwise",
+        "layers.*.self_attn.v_proj": "colwise",
+        "layers.*.self_attn.o_proj": "rowwise",
+        "layers.*.mlp.gate_proj": "colwise",
+        "layers.*.mlp.up_proj": "colwise",
+        "layers.*.mlp.down_proj": "rowwise",
+    }
+    value_rules = {
+        "vocab_size": "size", "hidden_size": "size", "intermediate_size": "size", "num_hidden_layers": "layers",
+        "num_attention_heads": "size", "num_key_value_heads": "size?", "head_dim": "size?",
+        "max_position_embeddings": "size", "hidden_act": "activation", "rms_norm_eps": "non-negative",
+        "initializer_range": "non-negative", "attention_dropout": "probability", "attention_bias": "bool",
+        "mlp_bias": "bool", "pretraining_tp": "size", "use_cache": "bool",
+    }
 
     def __init__(
         self,

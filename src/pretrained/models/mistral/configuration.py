@@ -14,6 +14,7 @@ class MistralConfig(LlamaConfig):
     """
 
     model_type = "mistral"
+    value_rules = {"sliding_window": "size?"}
 
     def __init__(
         self,

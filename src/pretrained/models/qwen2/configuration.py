@@ -18,6 +18,7 @@ class Qwen2Config(LlamaConfig):
     """
 
     model_type = "qwen2"
+    value_rules = {"sliding_window": "size?", "use_sliding_window": "bool", "max_window_layers": "count"}
 
     def __init__(
         self,

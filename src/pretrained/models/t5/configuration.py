@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...configuration import PretrainedConfig
+from ...configuration import ACTIVATIONS, PretrainedConfig
 from ...errors import ConfigError
 
 
@@ -20,6 +20,14 @@ class T5Config(PretrainedConfig):
     """
 
     model_type = "t5"
+    value_rules = {
+        "vocab_size": "size", "d_model": "size", "d_kv": "size", "d_ff": "size", "num_layers": "layers",
+        "num_decoder_layers": "layers?", "num_heads": "size", "relative_attention_num_buckets": "size",
+        "relative_attention_max_distance": "size", "dropout_rate": "probability", "layer_norm_epsilon": "non-negative",
+        "initializer_factor": "non-negative", "feed_forward_proj": "str", "is_encoder_decoder": "bool",
+        "use_cache": "bool", "classifier_dropout": "probability", "is_decoder": "bool",
+        "scale_decoder_outputs": "bool?",
+    }
     attribute_map = {
         "hidden_size": "d_model",
         "num_attention_heads": "num_heads",
@@ -76,6 +84,9 @@ class T5Config(PretrainedConfig):
         self.feed_forward_proj = feed_forward_proj
         self.is_gated_act = parts[0] == "gated" and len(parts) == 2
         self.dense_act_fn = "gelu_new" if feed_forward_proj == "gated-gelu" else parts[-1]
+        if self.dense_act_fn not in ACTIVATIONS:
+            raise ConfigError(f"feed_forward_proj='{feed_forward_proj}' names the activation '{parts[-1]}', which is "
+                              f"not one of {', '.join(ACTIVATIONS)}.")
         self.use_cache = use_cache
         self.classifier_dropout = classifier_dropout
         self.is_decoder = is_decoder

@@ -1,0 +1,219 @@
+"""Layers the Flax families share: activations, RMSNorm, rotary positions, masks, attention and the fixed-size
+key/value cache, written once (the PyTorch twins live in `pretrained/layers/`; the numerics follow them op by op).
+
+Shapes: B batch, T new tokens, S attended positions (T, or the cache's max_length), H heads, K key/value heads,
+D head_dim, C hidden.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from ..errors import ConfigError
+
+
+# ---- activations --------------------------------------------------------------------------------------------------
+def _gelu_new(x: jax.Array) -> jax.Array:
+    """GELU's tanh approximation written out op by op, as GPT-2's "gelu_new" computes it."""
+    return 0.5 * x * (1.0 + jnp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * jnp.power(x, 3.0))))
+
+
+ACTIVATIONS = {
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "relu": jax.nn.relu,
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_new": _gelu_new,
+    "tanh": jnp.tanh,
+}
+
+
+def activation(name: str):
+    if name not in ACTIVATIONS:
+        raise ConfigError(f"Unknown activation '{name}'; known: {', '.join(sorted(ACTIVATIONS))}.")
+    return ACTIVATIONS[name]
+
+
+# ---- normalisation ------------------------------------------------------------------------------------------------
+class FlaxRMSNorm(nn.Module):
+    """y = weight * x / sqrt(mean(x^2) + eps), normalised in float32; `offset=1.0` is Gemma's (1 + weight) form
+    (weight initialised to zeros), computed in float32 too. The parameter is `weight`, as 4.x names it."""
+
+    hidden_size: int
+    eps: float = 1e-6
+    offset: float = 0.0
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:  # (..., C)
+        init = nn.initializers.zeros if self.offset else nn.initializers.ones
+        weight = self.param("weight", init, (self.hidden_size,), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+        if self.offset:
+            return (x32 * (self.offset + weight.astype(jnp.float32))).astype(self.dtype)
+        return (weight * x32.astype(x.dtype)).astype(self.dtype)
+
+
+# ---- rotary positions ---------------------------------------------------------------------------------------------
+def inverse_frequencies(rope: dict, head_dim: int) -> tuple[np.ndarray, float]:
+    """(inv_freq (head_dim/2,) float32, attention scaling) for the rope types the PyTorch side implements
+    (`layers/rotary.py`: default, linear, llama3), computed the same way in float32."""
+    base = float(rope["rope_theta"])
+    dim = int(head_dim * rope.get("partial_rotary_factor", 1.0))
+    exponent = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
+    inv_freq = (np.float32(1.0) / np.power(np.float32(base), exponent)).astype(np.float32)
+    kind = rope.get("rope_type", "default")
+    if kind == "default":
+        return inv_freq, 1.0
+    if kind == "linear":
+        return (inv_freq / np.float32(rope["factor"])).astype(np.float32), 1.0
+    if kind == "llama3":
+        factor, low, high = (np.float32(rope[k]) for k in ("factor", "low_freq_factor", "high_freq_factor"))
+        old_len = np.float32(rope["original_max_position_embeddings"])
+        wavelen = np.float32(2 * math.pi) / inv_freq
+        scaled = np.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        return np.where(medium, smoothed, scaled).astype(np.float32), 1.0
+    raise ConfigError(
+        f"rope_type '{kind}' is not implemented (known: default, linear, llama3). Use a checkpoint with one of "
+        "those, or open an issue naming the model."
+    )
+
+
+def rotary_cos_sin(position_ids: jax.Array, inv_freq: np.ndarray, scaling: float, dtype) -> tuple[jax.Array, jax.Array]:
+    """(cos, sin), each (B, T, D), for positions (B, T): computed from the positions themselves (no table)."""
+    freqs = position_ids[..., None].astype(jnp.float32) * jnp.asarray(inv_freq)[None, None, :]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return (jnp.cos(emb) * scaling).astype(dtype), (jnp.sin(emb) * scaling).astype(dtype)
+
+
+def rotate_half(x: jax.Array) -> jax.Array:
+    half = x.shape[-1] // 2
+    return jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+
+def apply_rotary(q: jax.Array, k: jax.Array, cos: jax.Array, sin: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """q (B, T, H, D), k (B, T, K, D); cos, sin (B, T, D)."""
+    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+
+# ---- masks --------------------------------------------------------------------------------------------------------
+def causal_mask(attention_mask: jax.Array | None, q_positions: jax.Array, kv_len: int,
+                sliding_window: int | None = None) -> jax.Array:
+    """Boolean (B|1, 1, T, S) mask, True = may attend, built from the actual lengths (no precomputed table).
+
+    `q_positions` (T,): the slot of each query along the S attended positions (its cache index, or 0..T-1). A query
+    sees the slots up to its own, and with a `sliding_window` W only the last W of them (q - W < k <= q, as the
+    PyTorch side). `attention_mask` (B, M), 1 = token, 0 = padding: shorter than S (a cache) is padded with ones
+    (later slots are hidden causally anyway); longer keeps its last S columns.
+    """
+    kv = jnp.arange(kv_len)[None, :]
+    q = q_positions[:, None]
+    allowed = kv <= q
+    if sliding_window is not None:
+        allowed = allowed & (kv > q - sliding_window)
+    allowed = allowed[None, None]
+    if attention_mask is not None:
+        m = attention_mask
+        if m.shape[-1] < kv_len:
+            m = jnp.pad(m, ((0, 0), (0, kv_len - m.shape[-1])), constant_values=1)
+        allowed = allowed & (m[:, None, None, -kv_len:] != 0)
+    return allowed
+
+
+# ---- the fixed-size key/value cache --------------------------------------------------------------------------------
+def update_cache(module: nn.Module, key: jax.Array, value: jax.Array,
+                 init_cache: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Inside an attention module: write the new key/value (B, T, K, D) into the module's "cache" collection
+    (`cached_key`, `cached_value` (B, max_length, K, D), `cache_index`, as 4.x lays it out) and return
+    (keys, values, q_positions) to attend with.
+
+    Without a cache: (key, value, 0..T-1). With one: the whole buffer, the new tokens written at cache_index (the
+    index then advances by T) and their slots as q_positions, so shapes never change while decoding. The
+    `init_cache=True` pass (`init_cache()` runs it under `jax.eval_shape`) only declares the variables, sized by
+    its input (B, max_length). Writing past max_length is not checked inside jit: size the cache for the whole
+    sequence.
+    """
+    T = key.shape[1]
+    initialised = module.has_variable("cache", "cached_key")
+    if not initialised and not init_cache:
+        return key, value, jnp.arange(T)
+    cached_key = module.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+    cached_value = module.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+    index = module.variable("cache", "cache_index", lambda: jnp.array(0, dtype=jnp.int32))
+    if not initialised:
+        return key, value, jnp.arange(T)
+    at = index.value
+    cached_key.value = lax.dynamic_update_slice(cached_key.value, key.astype(cached_key.value.dtype), (0, at, 0, 0))
+    cached_value.value = lax.dynamic_update_slice(cached_value.value, value.astype(cached_value.value.dtype),
+                                                  (0, at, 0, 0))
+    index.value = at + T
+    return cached_key.value, cached_value.value, at + jnp.arange(T)
+
+
+def cache_index_of(cache: Any) -> jax.Array | None:
+    """The `cache_index` of a cache collection (every layer holds the same one), or None."""
+    if cache is None:
+        return None
+    stack = [cache]
+    while stack:
+        node = stack.pop()
+        if hasattr(node, "items"):
+            if "cache_index" in node:
+                return node["cache_index"]
+            stack.extend(v for _, v in sorted(node.items(), reverse=True))
+    return None
+
+
+# ---- attention ----------------------------------------------------------------------------------------------------
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scaling: float, dtype,
+           dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """Grouped-query attention: q (B, T, H, D), k and v (B, S, K, D), mask (B|1, 1, T, S) -> (out (B, T, H, D),
+    weights (B, H, T, S)). Scores in the computation dtype, softmax in float32 (as the PyTorch eager path)."""
+    groups = q.shape[2] // k.shape[2]
+    if groups > 1:  # head h reads key/value head h // groups
+        k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
+    scores = jnp.einsum("bthd,bshd->bhts", q, k) * jnp.asarray(scaling, dtype=q.dtype)
+    scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
+    weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(dtype)
+    if dropout_rate > 0.0 and dropout_rng is not None:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
+        weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0).astype(dtype)
+    return jnp.einsum("bhts,bshd->bthd", weights, v.astype(dtype)), weights
+
+
+class FlaxGatedMLP(nn.Module):
+    """down(act(gate(x)) * up(x)), the Llama-family feed-forward block (`gate_proj`, `up_proj`, `down_proj`)."""
+
+    hidden_size: int
+    intermediate_size: int
+    act: str
+    use_bias: bool = False
+    init_std: float = 0.02
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    def setup(self) -> None:
+        def dense(features: int) -> nn.Dense:
+            return nn.Dense(features, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+                            kernel_init=nn.initializers.normal(self.init_std))
+
+        self.gate_proj = dense(self.intermediate_size)
+        self.up_proj = dense(self.intermediate_size)
+        self.down_proj = dense(self.hidden_size)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.down_proj(activation(self.act)(self.gate_proj(x)) * self.up_proj(x))

@@ -1,0 +1,152 @@
+"""Loading a checkpoint into Flax parameters: find the files, meet their names with the model's, stream each tensor
+from the mapped file to its device array.
+
+1. Files, in 4.57's order: `flax_model.msgpack`, `flax_model.msgpack.index.json` (+ shards), `model.safetensors`,
+   `model.safetensors.index.json` (+ shards; 4.x could not read those at all). Safetensors whose metadata says
+   `"format": "flax"` (4.x's `save_pretrained(safe_serialization=True)`) hold Flax paths joined by "."; the rest hold
+   the PyTorch layout and go through `convert.py`.
+2. Names: every Flax parameter path names one checkpoint tensor (`convert.slot`); base-model prefix added or
+   stripped as the PyTorch loader does. Every shape is checked from the headers before a byte of data is read.
+3. Data: each tensor is a numpy view of the mapped file (no copy), handed to its device as it is (JAX on the CPU
+   keeps the view itself when it is aligned), transposed there when its layout differs, and its pages released
+   before the next one, so the peak stays near one copy of the parameters.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..checkpoint.files import CheckpointFiles, find_checkpoint, read_index
+from ..checkpoint.numpy_reader import NumpyCheckpointReader
+from ..checkpoint.report import LoadingInfo  # noqa: F401 (the report every framework gives)
+from ..errors import CheckpointNotFoundError, CorruptCheckpointError, ShapeMismatchError
+from ..hub.resolve import resolve_file
+from .convert import KeyRules, Slot, match, slots
+from .msgpack import FLAX_INDEX, FLAX_WEIGHTS, MsgpackReader
+
+Path = tuple[str, ...]
+
+
+# ---- 1. files ------------------------------------------------------------------------------------------------------
+def find_flax_checkpoint(name_or_path: str | os.PathLike, *, variant: str | None = None,
+                         hub: dict[str, Any]) -> CheckpointFiles:
+    """The weight files of a folder, repo or single file, in 4.57's order (msgpack first, then safetensors).
+    Format "msgpack" or "safetensors"."""
+    source = os.fspath(name_or_path)
+    if os.path.isfile(source):
+        return CheckpointFiles("msgpack" if source.endswith(".msgpack") else "safetensors", [source])
+    single = resolve_file(source, FLAX_WEIGHTS, required=False, **hub)
+    if single is not None:
+        return CheckpointFiles("msgpack", [single])
+    index_path = resolve_file(source, FLAX_INDEX, required=False, **hub)
+    if index_path is not None:
+        index = read_index(index_path)
+        paths = {}
+        for shard in sorted(set(index["weight_map"].values())):
+            path = resolve_file(source, shard, required=False, **hub)
+            if path is None:
+                raise CorruptCheckpointError(
+                    f"Shard '{shard}' is named in the index '{index_path}' but is missing. Copy or download the "
+                    "missing shard, or re-save the checkpoint.")
+            paths[shard] = path
+        weight_map = {name: paths[shard] for name, shard in index["weight_map"].items()}
+        return CheckpointFiles("msgpack", list(paths.values()), index, index_path, weight_map)
+    try:
+        return find_checkpoint(source, variant=variant, use_safetensors=True, **hub)
+    except CheckpointNotFoundError as e:
+        if type(e) is not CheckpointNotFoundError:  # a Hub error (repo, revision, offline): as it is
+            raise
+        pickle = resolve_file(source, "pytorch_model.bin", required=False, **hub) or resolve_file(
+            source, "pytorch_model.bin.index.json", required=False, **hub)
+        where = os.path.join(source, hub.get("subfolder") or "") if os.path.isdir(source) else source
+        hint = (" It holds PyTorch pickle weights (pytorch_model.bin), which only torch can read: load it with the "
+                "PyTorch class and save_pretrained() it again (safetensors), then load that here." if pickle
+                else " Save the model with save_pretrained(), or check the path, the variant and the revision.")
+        raise CheckpointNotFoundError(
+            f"No weights a Flax class reads found in '{where}': looked for {FLAX_WEIGHTS}, {FLAX_INDEX}, "
+            f"model.safetensors and model.safetensors.index.json.{hint}") from None
+
+
+def open_reader(files: CheckpointFiles):
+    """A reader over the files: `infos` (name -> dtype, shape, path, ...), `array(name)`, `release(name)`."""
+    if files.format == "msgpack":
+        return MsgpackReader(files.files, files.weight_map or None, files.index_path)
+    return NumpyCheckpointReader(files.files, files.weight_map or None, files.index_path)
+
+
+# ---- 2. names and shapes ---------------------------------------------------------------------------------------
+@dataclass
+class LoadPlan:
+    """checkpoint name -> Slot (the Flax path and layout it fills), plus what the report says."""
+
+    found: dict[str, Slot]
+    unexpected: list[str]
+    mismatched: list[tuple[Slot, tuple, tuple, str, str]]  # slot, checkpoint shape, model shape, name, file
+    missing: list[Path]
+
+
+def plan_load(reader: Any, shapes: Mapping[Path, Any], prefix: str, rules: KeyRules) -> LoadPlan:
+    """Meet the checkpoint's tensors with the model's parameters (`shapes`: Flax path -> ShapeDtypeStruct)."""
+    pytorch_layout = reader.saved_format() != "flax"
+    if pytorch_layout:
+        model = slots(shapes, rules)
+        sep = "."
+        names = list(reader.infos)
+    else:  # Flax paths: "/"-joined in msgpack files, "."-joined in 4.x's flax-format safetensors
+        model = {"/".join(p): Slot(p, "/".join(p), None) for p in shapes}
+        sep = "/"
+        names = [n.replace(".", "/") for n in reader.infos] if reader.format == "safetensors" else list(reader.infos)
+    spelled = dict(zip(names, reader.infos))  # as matched -> as stored
+    met = match(model, names, prefix, sep, rules, pytorch_layout=pytorch_layout)
+    found, mismatched = {}, []
+    for name, sl in met.found.items():
+        stored = spelled[name]
+        info = reader.infos[stored]
+        expected = tuple(shapes[sl.path].shape)
+        got = tuple(info.shape) if sl.perm is None else tuple(info.shape[i] for i in sl.perm)
+        if got != expected:
+            mismatched.append((sl, tuple(info.shape), expected, stored, info.path))
+        else:
+            found[stored] = sl
+    filled = {sl.path for sl in found.values()} | {m[0].path for m in mismatched}
+    missing = [p for p in shapes if p not in filled]
+    return LoadPlan(found, [spelled[n] for n in met.unexpected], mismatched, missing)
+
+
+def check_mismatches(plan: LoadPlan, ignore_mismatched_sizes: bool) -> None:
+    if plan.mismatched and not ignore_mismatched_sizes:
+        lines = "\n".join(
+            f"  - '{name}' in '{path}': checkpoint {list(ckpt)}, model {'/'.join(sl.path)} {list(model)}"
+            + (f" (the checkpoint's PyTorch layout, {list(sl.pytorch_shape(model))} expected)" if sl.perm else "")
+            for sl, ckpt, model, name, path in plan.mismatched)
+        raise ShapeMismatchError(
+            f"{len(plan.mismatched)} tensor(s) in the checkpoint do not fit the model:\n{lines}\nCheck that the "
+            "config matches the checkpoint, or pass ignore_mismatched_sizes=True to initialise those weights afresh.")
+
+
+# ---- 3. data ------------------------------------------------------------------------------------------------------
+def stream(reader: Any, plan: LoadPlan, place: Callable[[Slot, np.ndarray], Any]) -> dict[Path, Any]:
+    """`place(slot, view)` each planned tensor (a numpy view of the mapped file, in the checkpoint's layout), file by
+    file in on-disk order, releasing each tensor's pages once placed; returns Flax path -> placed array."""
+    out = {}
+    try:
+        for name in reader.names_on_disk():
+            sl = plan.found.get(name)
+            if sl is None:
+                continue
+            try:
+                view = reader.array(name)
+            except (OSError, ValueError) as e:  # the file changed since its header was read
+                raise CorruptCheckpointError(
+                    f"'{reader.infos[name].path}': tensor '{name}' cannot be read ({type(e).__name__}: {e}). "
+                    "Re-download or re-save the checkpoint.") from e
+            out[sl.path] = place(sl, view)
+            reader.release(name)
+    finally:
+        reader.close()
+    return out

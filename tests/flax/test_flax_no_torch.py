@@ -1,0 +1,82 @@
+"""The Flax path and the framework-neutral layer never import torch: a subprocess where `import torch` (and
+transformers, tensorflow) fails loads a PyTorch-layout checkpoint into a Flax class, runs it (equal to the PyTorch
+class, run here), saves it both ways and reads the saves back."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+pytest.importorskip("flax", reason="jax/flax not installed (pip install pretrained[flax])")
+import torch  # noqa: E402
+
+import pretrained  # noqa: E402
+
+NEUTRAL = [
+    "pretrained", "pretrained.configuration", "pretrained.registry", "pretrained.auto", "pretrained.remote_code",
+    "pretrained.hub.resolve", "pretrained.hub.push", "pretrained.checkpoint.files", "pretrained.checkpoint.shards",
+    "pretrained.checkpoint.atomic", "pretrained.checkpoint.header", "pretrained.checkpoint.numpy_reader",
+    "pretrained.checkpoint.numpy_writer", "pretrained.checkpoint.report", "pretrained.generation.config",
+    "pretrained.flax", "pretrained.flax.msgpack", "pretrained.flax.convert",
+    *(f"pretrained.models.{f}.configuration" for f in ("llama", "mistral", "qwen2", "gemma", "bert", "gpt2", "t5")),
+]
+
+SCRIPT = textwrap.dedent("""
+    import importlib, json, sys
+    BLOCKED = ("torch", "transformers", "tensorflow")
+
+    class Refuse:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                raise ImportError(f"{name} is blocked in this test")
+            return None
+
+    sys.meta_path.insert(0, Refuse())
+    try:
+        import torch
+        raise SystemExit("torch imported although blocked")
+    except ImportError:
+        pass
+    neutral, folder, out = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+    for name in neutral:
+        importlib.import_module(name)
+    frameworks = sorted(m for m in ("jax", "flax", "torch") if m in sys.modules)
+    import numpy as np
+    from pretrained import FlaxAutoModelForCausalLM, FlaxLlamaForCausalLM
+    ids = np.arange(2, 16, dtype=np.int32).reshape(2, 7)
+    model = FlaxAutoModelForCausalLM.from_pretrained(folder)
+    logits = np.asarray(model(ids).logits)
+    model.save_pretrained(out + "/st")
+    model.save_pretrained(out + "/mp", safe_serialization=False, max_shard_size="5KB")
+    again = [np.abs(np.asarray(FlaxLlamaForCausalLM.from_pretrained(out + d)(ids).logits) - logits).max()
+             for d in ("/st", "/mp")]
+    _, params = FlaxLlamaForCausalLM.from_pretrained(folder, _do_init=False)
+    print(json.dumps({"frameworks_after_neutral": frameworks, "logits": logits.tolist(),
+                      "reload_diff": [float(d) for d in again],
+                      "torch_loaded": [m for m in sys.modules if m.split(".")[0] in BLOCKED]}))
+""")
+
+
+def test_flax_load_forward_save_without_torch(tmp_path):
+    torch.manual_seed(0)
+    config = pretrained.LlamaConfig(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=2, initializer_range=0.2)
+    pt = pretrained.LlamaForCausalLM.from_config(config).eval()
+    pt.save_pretrained(tmp_path / "ckpt")
+    ids = torch.arange(2, 16).reshape(2, 7)
+    with torch.no_grad():
+        expected = pt(ids).logits.numpy()
+    run = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(NEUTRAL), str(tmp_path / "ckpt"), str(tmp_path)],
+                         capture_output=True, text=True, timeout=600, env={**__import__("os").environ,
+                                                                          "JAX_PLATFORMS": "cpu"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["frameworks_after_neutral"] == []  # the neutral layer imports no framework at all
+    assert result["torch_loaded"] == []
+    np.testing.assert_allclose(np.array(result["logits"], np.float32), expected, atol=1e-5, rtol=0)
+    assert max(result["reload_diff"]) == 0.0
