@@ -216,10 +216,10 @@ def scenario_a(args) -> dict:
     for name, (python, fmt) in (("ours", (None, ours)), ("ref457", (args.ref_python, ref))):
         if any(k.startswith(name) for k in sides):
             try:
-                _, rss, _ = run_child(BASELINE_CHILD.format(**fmt), python=python)
+                wall, rss, _ = run_child(BASELINE_CHILD.format(**fmt), python=python)
                 baselines[name] = rss
                 print(f"runtime baseline {name} (import tensorflow + the TF classes, one op): peak RSS "
-                      f"{rss / 2**30:.2f} GiB")
+                      f"{rss / 2**30:.2f} GiB, wall {wall:.2f} s")
             except ChildFailed as e:
                 _failed(f"baseline {name}", e)
     summary = compare_sides("(a) start -> first forward, ~1B Llama (bf16 file)", sides, args.runs,

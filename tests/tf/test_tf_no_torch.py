@@ -78,7 +78,8 @@ H5_SCRIPT = BLOCKER + textwrap.dedent("""
     weights = {keras_path(name): array for name, array in read_h5(path).items()}
     state = pytorch_state(weights, TFKeyRules.of({}))
     np.savez(out, **state)
-    print(json.dumps({"names": sorted(state), "blocked_loaded": [m for m in sys.modules if m.split(".")[0] in BLOCKED]}))
+    loaded = [m for m in sys.modules if m.split(".")[0] in BLOCKED]
+    print(json.dumps({"names": sorted(state), "blocked_loaded": loaded}))
 """)
 
 

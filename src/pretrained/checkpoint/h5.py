@@ -377,4 +377,6 @@ def open_h5(files: CheckpointFiles) -> H5CheckpointReader:
     return H5CheckpointReader(files.files, files.weight_map or None, files.index_path)
 
 
-__all__ = ["H5CheckpointReader", "H5Entry", "TF_INDEX", "TF_WEIGHTS", "find_h5_checkpoint", "open_h5", "read_h5", "relative_name", "save_h5", "shard_dataset_name", "write_h5", "write_h5_shard"]
+__all__ = ["H5CheckpointReader", "H5Entry", "TF_INDEX", "TF_WEIGHTS", "find_h5_checkpoint", "open_h5", "read_h5",
+           "read_list_attribute", "relative_name", "save_h5", "shard_dataset_name", "write_h5", "write_h5_shard",
+           "write_list_attribute"]

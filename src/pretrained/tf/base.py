@@ -246,7 +246,8 @@ class TFPreTrainedModel(keras.Model, TFModelUtilsMixin, TFGenerationMixin, PushT
             inputs = dict(args[0])
             clash = sorted(set(inputs) & set(kwargs))
             if clash:
-                raise TypeError(f"{type(self).__name__} got {', '.join(clash)} both in the inputs dict and as keywords.")
+                raise TypeError(f"{type(self).__name__} got {', '.join(clash)} both in the inputs dict and as "
+                                "keywords.")
             kwargs = {**inputs, **kwargs}
             args = args[1:]
         return super().__call__(*args, **kwargs)
@@ -571,6 +572,12 @@ class TFPreTrainedModel(keras.Model, TFModelUtilsMixin, TFGenerationMixin, PushT
                 _forget_deferred(model.variables)
         model.loading_info = info
         model.name_or_path = os.fspath(pretrained_model_name_or_path)
+        if info.missing_keys or info.mismatched_keys:
+            fresh = info.missing_keys + [m[0] for m in info.mismatched_keys]
+            logger.warning("%s: %d weight(s) were not in the checkpoint '%s' (or did not fit) and are newly "
+                           "initialised: %s%s. Train the model before using it for predictions.", cls.__name__,
+                           len(fresh), pretrained_model_name_or_path, ", ".join(fresh[:5]),
+                           " ..." if len(fresh) > 5 else "")
         if model.can_generate():
             found = _generation_config(pretrained_model_name_or_path, hub)
             if found is not None:

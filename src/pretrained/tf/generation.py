@@ -366,6 +366,7 @@ def _like(old: Any, new: Any) -> Any:
 class TFGenerationMixin:
     """`generate` for the TF classes with a language-model head (`can_generate()`)."""
 
+    @tf.autograph.experimental.do_not_convert  # explicit TensorFlow control flow: nothing for autograph to rewrite
     def generate(self, input_ids=None, generation_config: GenerationConfig | None = None,
                  logits_processor: Sequence[Callable] | None = None, seed: Any = None, *, attention_mask=None,
                  jit_compile: bool = True, **overrides: Any):

@@ -223,8 +223,8 @@ def update_cache(past: Any, key: tf.Tensor, value: tf.Tensor,
         return key, value
     past_k, past_v = past
     if cache_position is None:
-        return tf.concat([past_k, tf.cast(key, past_k.dtype)], axis=2), tf.concat([past_v, tf.cast(value, past_v.dtype)],
-                                                                                  axis=2)
+        return (tf.concat([past_k, tf.cast(key, past_k.dtype)], axis=2),
+                tf.concat([past_v, tf.cast(value, past_v.dtype)], axis=2))
     start = tf.cast(cache_position[0], tf.int32)
     at = tf.stack([0, 0, start, 0])
     if _dynamic_update_slice is not None:
