@@ -34,7 +34,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CACHE_DIR, DEFAULT_CKPT, ChildFailed, ensure_checkpoint, main_guard, param_count, run_child  # noqa: E402
+from common import DEFAULT_CKPT, ChildFailed, ensure_checkpoint, main_guard, param_count, run_child  # noqa: E402
 
 REF_PYTHON = Path("/work/ref457tf/venv/bin/python")
 NEW_TOKENS = 128

@@ -37,9 +37,10 @@ Layout of tests/data/tf457/:
                        class does. (The oracle for our TF pruning and head_mask is tests/data/bert_pruned/: 4.57's
                        PyTorch pruning and head mask, recorded by record_bert_pruning.py.)
 Weights: 4.57's own TF init under a fixed seed, with deterministic noise added to every weight (biases and norm
-scales are zeros/ones after init, and some of 4.57's initial matrices are equal: either would hide a mapping bug). Every model is built after
-tf_keras.backend.clear_session(), so its name has no "_N" suffix (4.57 names a second instance of a class in one
-process "<name>_1", and writes that name into the file; readers strip the first component).
+scales are zeros/ones after init, and some of 4.57's initial matrices are equal: either would hide a mapping bug).
+Every model is built after tf_keras.backend.clear_session(), so its name has no "_N" suffix (4.57 names a second
+instance of a class in one process "<name>_1", and writes that name into the file; readers strip the first
+component).
 """
 
 from __future__ import annotations
@@ -130,9 +131,9 @@ def make_inputs() -> dict:
         "gen_encoder_input_ids": ids.tolist(), "gen_encoder_attention_mask": mask.tolist(),
         "new_tokens": NEW_TOKENS,
         "note": "forward: input_ids/attention_mask (right padding, no position_ids: arange), token_type_ids for "
-                "BERT, decoder_* for T5 (decoder_input_ids[:, 0] = decoder_start_token_id). generate: greedy, max_new_tokens=new_tokens, "
-                "(1) row 0 of gen_* alone (no mask) and (2) the left-padded gen_* batch with its mask; for T5 the "
-                "encoder inputs are gen_encoder_*.",
+                "BERT, decoder_* for T5 (decoder_input_ids[:, 0] = decoder_start_token_id). generate: greedy, "
+                "max_new_tokens=new_tokens, (1) row 0 of gen_* alone (no mask) and (2) the left-padded gen_* "
+                "batch with its mask; for T5 the encoder inputs are gen_encoder_*.",
     }
 
 
@@ -193,7 +194,8 @@ def h5_layout(path: Path) -> dict:
                 layout["datasets"][name] = {"shape": list(obj.shape), "dtype": str(obj.dtype)}
             elif "weight_names" in obj.attrs:
                 wn = obj.attrs["weight_names"]
-                layout["groups"][name] = {"weight_names": _attr_list(wn), "weight_names_dtype": str(np.asarray(wn).dtype)}
+                layout["groups"][name] = {"weight_names": _attr_list(wn),
+                                          "weight_names_dtype": str(np.asarray(wn).dtype)}
 
         f.visititems(visit)
     return layout
