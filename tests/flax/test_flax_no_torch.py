@@ -16,6 +16,7 @@ pytest.importorskip("flax", reason="jax/flax not installed (pip install pretrain
 import torch  # noqa: E402
 
 import pretrained  # noqa: E402
+from blocking import BLOCKER  # noqa: E402
 
 NEUTRAL = [
     "pretrained", "pretrained.configuration", "pretrained.registry", "pretrained.auto", "pretrained.remote_code",
@@ -26,23 +27,8 @@ NEUTRAL = [
     *(f"pretrained.models.{f}.configuration" for f in ("llama", "mistral", "qwen2", "gemma", "bert", "gpt2", "t5")),
 ]
 
-SCRIPT = textwrap.dedent("""
-    import importlib, json, sys
-    BLOCKED = ("torch", "transformers", "tensorflow")
-
-    class Refuse:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in BLOCKED:
-                raise ImportError(f"{name} is blocked in this test")
-            return None
-
-    sys.meta_path.insert(0, Refuse())
-    try:
-        import torch
-        raise SystemExit("torch imported although blocked")
-    except ImportError:
-        pass
-    neutral, folder, out = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+SCRIPT = BLOCKER + textwrap.dedent("""
+    neutral, folder, out = json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
     for name in neutral:
         importlib.import_module(name)
     frameworks = sorted(m for m in ("jax", "flax", "torch") if m in sys.modules)
@@ -71,7 +57,7 @@ def test_flax_load_forward_save_without_torch(tmp_path):
     ids = torch.arange(2, 16).reshape(2, 7)
     with torch.no_grad():
         expected = pt(ids).logits.numpy()
-    run = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(NEUTRAL), str(tmp_path / "ckpt"), str(tmp_path)],
+    run = subprocess.run([sys.executable, "-c", SCRIPT, "torch,transformers,tensorflow", json.dumps(NEUTRAL), str(tmp_path / "ckpt"), str(tmp_path)],
                          capture_output=True, text=True, timeout=600, env={**__import__("os").environ,
                                                                           "JAX_PLATFORMS": "cpu"})
     assert run.returncode == 0, run.stderr[-3000:]

@@ -22,6 +22,7 @@ pytest.importorskip("tensorflow", reason="tensorflow not installed (pip install 
 import torch  # noqa: E402
 
 import pretrained  # noqa: E402
+from blocking import BLOCKER  # noqa: E402
 
 NEUTRAL = [
     "pretrained", "pretrained.configuration", "pretrained.registry", "pretrained.auto", "pretrained.remote_code",
@@ -31,25 +32,6 @@ NEUTRAL = [
     "pretrained.generation.config", "pretrained.tf", "pretrained.tf.convert",
     *(f"pretrained.models.{f}.configuration" for f in ("llama", "mistral", "qwen2", "gemma", "bert", "gpt2", "t5")),
 ]
-
-BLOCKER = """
-import importlib, json, sys
-BLOCKED = tuple(sys.argv[1].split(","))
-
-class Refuse:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ImportError(f"{name} is blocked in this test")
-        return None
-
-sys.meta_path.insert(0, Refuse())
-for name in BLOCKED:
-    try:
-        importlib.import_module(name)
-        raise SystemExit(f"{name} imported although blocked")
-    except ImportError:
-        pass
-"""
 
 TF_SCRIPT = BLOCKER + textwrap.dedent("""
     neutral, folder, out = json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]

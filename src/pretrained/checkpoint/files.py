@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -161,3 +162,30 @@ def check_index(index_path: str, weight_map: dict[str, str], found: dict[str, st
             + "\n  - ".join(problems[:limit]) + more
             + "\nThe index or a shard is damaged or from another save: re-download or re-save the checkpoint."
         )
+
+
+def find_single_or_index(name_or_path: str | os.PathLike, single: str, index: str, fmt: str, hub: Mapping[str, Any],
+                         resolve: Callable[..., str | None] = resolve_file) -> CheckpointFiles | None:
+    """`single` (e.g. `tf_model.h5`, `flax_model.msgpack`), or `index` and the shards it names, of a folder or repo
+    (format `fmt`); None if it has neither. The index is followed, not the shard numbering (4.57 writes an empty first
+    shard that counts in the "-of-N" names but that its index never names). A shard the index names but the folder
+    lacks raises a CorruptCheckpointError naming the shard and the index. `resolve(source, filename, required=False,
+    **hub)` finds one file (`hub.resolve.resolve_file`)."""
+    source = os.fspath(name_or_path)
+    path = resolve(source, single, required=False, **hub)
+    if path is not None:
+        return CheckpointFiles(fmt, [path])
+    index_path = resolve(source, index, required=False, **hub)
+    if index_path is None:
+        return None
+    parsed = read_index(index_path)
+    paths = {}
+    for shard in sorted(set(parsed["weight_map"].values())):
+        found = resolve(source, shard, required=False, **hub)
+        if found is None:
+            raise CorruptCheckpointError(
+                f"Shard '{shard}' is named in the index '{index_path}' but is missing. Copy or download the missing "
+                "shard, or re-save the checkpoint.")
+        paths[shard] = found
+    weight_map = {name: paths[shard] for name, shard in parsed["weight_map"].items()}
+    return CheckpointFiles(fmt, list(paths.values()), parsed, index_path, weight_map)

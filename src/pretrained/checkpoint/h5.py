@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointError, CorruptCheckpointError
-from .files import CheckpointFiles, check_index, read_index
+from .files import CheckpointFiles, check_index, find_single_or_index
 from .numpy_reader import MappedFiles
 from .shards import DEFAULT_MAX_SHARD_SIZE
 
@@ -353,24 +353,7 @@ def find_h5_checkpoint(name_or_path: str | os.PathLike, resolve: Callable[..., s
     """`tf_model.h5`, or `tf_model.h5.index.json` and its shards, of a folder or repo (format "h5"); None if it has
     neither. `resolve(source, filename, required=False, **hub)` finds one file (`hub.resolve.resolve_file`). A shard
     the index names but the folder lacks raises a CorruptCheckpointError naming the shard and the index."""
-    source = os.fspath(name_or_path)
-    single = resolve(source, TF_WEIGHTS, required=False, **hub)
-    if single is not None:
-        return CheckpointFiles("h5", [single])
-    index_path = resolve(source, TF_INDEX, required=False, **hub)
-    if index_path is None:
-        return None
-    index = read_index(index_path)
-    paths = {}
-    for shard in sorted(set(index["weight_map"].values())):
-        path = resolve(source, shard, required=False, **hub)
-        if path is None:
-            raise CorruptCheckpointError(
-                f"Shard '{shard}' is named in the index '{index_path}' but is missing. Copy or download the missing "
-                "shard, or re-save the checkpoint.")
-        paths[shard] = path
-    weight_map = {name: paths[shard] for name, shard in index["weight_map"].items()}
-    return CheckpointFiles("h5", list(paths.values()), index, index_path, weight_map)
+    return find_single_or_index(name_or_path, TF_WEIGHTS, TF_INDEX, "h5", hub, resolve)
 
 
 def open_h5(files: CheckpointFiles) -> H5CheckpointReader:

@@ -8,6 +8,8 @@ from ..._lazy import lazy_exports
 _EXPORTS = {
     "BertConfig": "configuration",
     "BertForMaskedLM": "modeling",
+    "BertForPreTraining": "modeling",
+    "BertForPreTrainingOutput": "modeling",
     "BertForQuestionAnswering": "modeling",
     "BertForSequenceClassification": "modeling",
     "BertForTokenClassification": "modeling",

@@ -18,10 +18,13 @@ from ...modeling.losses import question_answering_loss, sequence_classification_
 from ...modeling.outputs import (
     BaseModelOutputWithPoolingAndCrossAttentions,
     MaskedLMOutput,
+    ModelOutput,
     QuestionAnsweringModelOutput,
     SequenceClassifierOutput,
     TokenClassifierOutput,
+    model_output,
 )
+from ...checkpoint.legacy import load_tf_weights
 from .configuration import BertConfig
 
 
@@ -264,6 +267,10 @@ class BertPreTrainedModel(PreTrainedModel):
         supports_gradient_checkpointing=True,
     )
 
+    # Original TensorFlow 1 checkpoints (and 4.x tf_model.h5 files): load_tf_weights(model, config, path) reads
+    # them into a built model without TensorFlow (checkpoint/legacy.py); from_pretrained(path, from_tf=True) too.
+    load_tf_weights = staticmethod(load_tf_weights)
+
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         if isinstance(module, BertLMPredictionHead):
@@ -323,20 +330,9 @@ class BertModel(BertPreTrainedModel):
         return self.get_extended_attention_mask(attention_mask.to(x.device), (B, T), dtype=x.dtype)
 
 
-class BertForMaskedLM(BertPreTrainedModel):
-    """Encoder + masked-language-model head: -> vocabulary logits (B, T, V)."""
-
-    facts = BertPreTrainedModel.facts.but(
-        tied_weights={"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
-                      "cls.predictions.decoder.bias": "cls.predictions.bias"},
-        output_embeddings="cls.predictions.decoder",
-    )
-
-    def __init__(self, config: BertConfig) -> None:
-        super().__init__(config)
-        self.bert = BertModel(config, add_pooling_layer=False)
-        self.cls = BertOnlyMLMHead(config)
-        self.post_init()
+class _MaskedLMHead:
+    """What a class with the masked-LM head (`cls.predictions`, decoder tied to the word embeddings and its bias to
+    `cls.predictions.bias`) does on top of PreTrainedModel: BertForMaskedLM, BertForPreTraining."""
 
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.cls.predictions.decoder = value
@@ -353,6 +349,22 @@ class BertForMaskedLM(BertPreTrainedModel):
             self.cls.predictions.bias = nn.Parameter(new, requires_grad=old.requires_grad)
             self.tie_weights()
         return embeddings
+
+
+class BertForMaskedLM(_MaskedLMHead, BertPreTrainedModel):
+    """Encoder + masked-language-model head: -> vocabulary logits (B, T, V)."""
+
+    facts = BertPreTrainedModel.facts.but(
+        tied_weights={"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+                      "cls.predictions.decoder.bias": "cls.predictions.bias"},
+        output_embeddings="cls.predictions.decoder",
+    )
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__(config)
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.cls = BertOnlyMLMHead(config)
+        self.post_init()
 
     def forward(
         self,
@@ -476,4 +488,65 @@ class BertForQuestionAnswering(BertPreTrainedModel):
             loss = question_answering_loss(start, end, start_positions, end_positions)
         out = QuestionAnsweringModelOutput(loss=loss, start_logits=start, end_logits=end,
                                            hidden_states=base.hidden_states, attentions=base.attentions)
+        return self._return(out, return_dict)
+
+
+# ---- pre-training (issue 19: Google's original checkpoints hold both heads) -------------------------------------
+@model_output
+class BertForPreTrainingOutput(ModelOutput):
+    loss: torch.Tensor | None = None  # masked-LM loss + next-sentence loss
+    prediction_logits: torch.Tensor | None = None  # (B, T, V)
+    seq_relationship_logits: torch.Tensor | None = None  # (B, 2): 0 = B follows A, 1 = B is random
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+class BertPreTrainingHeads(nn.Module):
+    """The masked-LM head (`predictions`) and the next-sentence head (`seq_relationship`, on the pooled output)."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.predictions = BertLMPredictionHead(config)
+        self.seq_relationship = nn.Linear(config.hidden_size, 2)
+
+    def forward(self, hidden: torch.Tensor, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.predictions(hidden), self.seq_relationship(pooled)
+
+
+class BertForPreTraining(_MaskedLMHead, BertPreTrainedModel):
+    """Encoder + both pre-training heads, as Google's original BERT checkpoints hold them: vocabulary logits
+    (B, T, V) and next-sentence logits (B, 2). Names as the reference's (`cls.predictions.*`,
+    `cls.seq_relationship.*`)."""
+
+    facts = BertForMaskedLM.facts
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__(config)
+        self.bert = BertModel(config)
+        self.cls = BertPreTrainingHeads(config)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        labels: torch.LongTensor | None = None,  # (B, T) token ids, -100 = not masked (ignored)
+        next_sentence_label: torch.LongTensor | None = None,  # (B,) 0 = B follows A, 1 = B is random
+        head_mask=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+    ):
+        base = self.bert(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, head_mask,
+                         output_attentions, output_hidden_states, return_dict=True)
+        prediction_logits, seq_logits = self.cls(base.last_hidden_state, base.pooler_output)
+        loss = None
+        if labels is not None and next_sentence_label is not None:
+            loss = token_loss(prediction_logits, labels) + token_loss(seq_logits, next_sentence_label.reshape(-1))
+        out = BertForPreTrainingOutput(loss=loss, prediction_logits=prediction_logits,
+                                       seq_relationship_logits=seq_logits, hidden_states=base.hidden_states,
+                                       attentions=base.attentions)
         return self._return(out, return_dict)

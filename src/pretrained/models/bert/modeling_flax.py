@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from ...errors import ConfigError
 from ...flax.base import FlaxPreTrainedModel
-from ...flax.layers import activation
+from ...flax.layers import activation, matmul_t, wide_dot_general
 from ...flax.outputs import (
     FlaxBaseModelOutputWithPoolingAndCrossAttentions,
     FlaxMaskedLMOutput,
@@ -26,16 +26,7 @@ from ...flax.outputs import (
 )
 from .configuration import BertConfig
 
-# What the generic PyTorch <-> Flax name mapping cannot infer from shapes alone (see pretrained.flax.convert).
-FLAX_KEY_RULES = {
-    # (LayerNorm gamma/beta of checkpoints converted from the original TensorFlow BERT: convert.py's generic
-    # legacy spellings.)
-    # The MLM decoder is the word embedding table transposed (no `decoder` parameter in the Flax tree while
-    # tied) and its bias is `cls.predictions.bias`: PyTorch keys that carry no parameter of their own.
-    "tied": (r"^cls\.predictions\.decoder\.weight$", r"^cls\.predictions\.decoder\.bias$"),
-    # Old checkpoints save the position_ids buffer.
-    "ignore": (r"(^|\.)position_ids$",),
-}
+from .key_rules import FLAX_KEY_RULES  # data, shared with the PyTorch loader of 4.x files
 
 
 def _normal(config: BertConfig):
@@ -44,7 +35,7 @@ def _normal(config: BertConfig):
 
 def _dense(config: BertConfig, features: int, dtype, param_dtype, name: str | None = None, use_bias: bool = True):
     return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
-                    kernel_init=_normal(config), name=name)
+                    kernel_init=_normal(config), name=name, dot_general=wide_dot_general)
 
 
 def _layer_norm(config: BertConfig, dtype, param_dtype, name: str | None = None):
@@ -345,7 +336,7 @@ class FlaxBertLMPredictionHead(nn.Module):
         x = self.transform(x)
         if shared_embedding is None:
             return self.decoder(x)
-        return x @ jnp.asarray(shared_embedding, self.dtype).T + jnp.asarray(self.bias, self.dtype)  # (V, C) table
+        return matmul_t(x, jnp.asarray(shared_embedding, self.dtype)) + jnp.asarray(self.bias, self.dtype)  # (V, C)
 
 
 class FlaxBertOnlyMLMHead(nn.Module):

@@ -33,20 +33,7 @@ from ...tf.outputs import (
 )
 from .configuration import BertConfig
 
-# What the generic PyTorch <-> Keras rule cannot infer (see pretrained.tf.convert). 4.x named the masked-LM head
-# `mlm___cls` in Keras and `cls` in PyTorch; its decoder is the word embedding table (no Keras weight while tied)
-# and its bias `cls.predictions.bias`; checkpoints older than 4.31 carry the position_ids buffer.
-TF_KEY_RULES = {
-    "pytorch_names": {
-        r"^mlm___cls/predictions/bias$": "cls.predictions.bias",
-        r"^mlm___cls/predictions/transform/(dense|LayerNorm)/(kernel|gamma)$": r"cls.predictions.transform.\1.weight",
-        r"^mlm___cls/predictions/transform/(dense|LayerNorm)/(bias|beta)$": r"cls.predictions.transform.\1.bias",
-        r"^mlm___cls/predictions/decoder/kernel$": "cls.predictions.decoder.weight",  # untied only
-        r"^mlm___cls/predictions/decoder/bias$": "cls.predictions.decoder.bias",
-    },
-    "tied": (r"^cls\.predictions\.decoder\.weight$", r"^cls\.predictions\.decoder\.bias$"),
-    "ignore": (r"(^|[./])position_ids$",),
-}
+from .key_rules import TF_KEY_RULES  # data, shared with the PyTorch loader of 4.x files
 
 
 def _layer_norm(config: BertConfig, name: str) -> keras.layers.LayerNormalization:

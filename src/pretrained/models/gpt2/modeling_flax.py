@@ -22,19 +22,11 @@ from jax import lax
 
 from ...errors import ConfigError
 from ...flax.base import FlaxPreTrainedModel
-from ...flax.layers import activation, attend, cache_index_of, causal_mask, update_cache
+from ...flax.layers import activation, attend, cache_index_of, causal_mask, matmul_t, update_cache, wide_dot_general
 from ...flax.outputs import FlaxBaseModelOutputWithPastAndCrossAttentions, FlaxCausalLMOutputWithCrossAttentions
 from .configuration import GPT2Config
 
-FLAX_KEY_RULES = {
-    # Conv1D weights are stored (in, out) in PyTorch and 4.x's Flax kernel is (out, in): the generic transpose
-    # applies unchanged (listed for the record).
-    "conv1d": (r"\.(c_attn|c_proj|c_fc)\.weight$",),
-    # The head is the token embedding table: `lm_head.weight` has no Flax parameter of its own while tied.
-    "tied": (r"^lm_head\.weight$",),
-    # Older PyTorch checkpoints save each block's causal-mask buffers.
-    "ignore": (r"(^|\.)attn\.(masked_)?bias$",),
-}
+from .key_rules import FLAX_KEY_RULES  # data, shared with the PyTorch loader of 4.x files
 
 
 class FlaxConv1D(nn.Module):
@@ -50,7 +42,7 @@ class FlaxConv1D(nn.Module):
     def __call__(self, x):
         kernel = self.param("kernel", jax.nn.initializers.normal(self.init_std), (self.features, x.shape[-1]),
                             self.param_dtype)
-        y = jnp.asarray(x, self.dtype) @ jnp.asarray(kernel, self.dtype).T
+        y = matmul_t(jnp.asarray(x, self.dtype), jnp.asarray(kernel, self.dtype))
         if self.use_bias:
             y = y + jnp.asarray(self.param("bias", jax.nn.initializers.zeros, (self.features,), self.param_dtype),
                                 self.dtype)
@@ -217,7 +209,8 @@ class FlaxGPT2LMHeadModule(nn.Module):
         if not self.config.tie_word_embeddings:
             self.lm_head = nn.Dense(self.config.vocab_size, use_bias=False, dtype=self.dtype,
                                     param_dtype=self.param_dtype,
-                                    kernel_init=jax.nn.initializers.normal(self.config.initializer_range))
+                                    kernel_init=jax.nn.initializers.normal(self.config.initializer_range),
+                                    dot_general=wide_dot_general)
 
     def __call__(self, input_ids, attention_mask=None, position_ids=None, deterministic: bool = True,
                  init_cache: bool = False, output_attentions: bool = False, output_hidden_states: bool = False,
@@ -227,7 +220,7 @@ class FlaxGPT2LMHeadModule(nn.Module):
         x = base.last_hidden_state
         if self.config.tie_word_embeddings:
             table = self.transformer.variables["params"]["wte"]["embedding"]  # (V, C)
-            logits = x @ jnp.asarray(table, self.dtype).T
+            logits = matmul_t(x, jnp.asarray(table, self.dtype))
         else:
             logits = self.lm_head(x)
         if not return_dict:

@@ -38,16 +38,7 @@ from ...tf.losses import causal_lm_loss
 from ...tf.outputs import TFBaseModelOutputWithPastAndCrossAttentions, TFCausalLMOutputWithCrossAttentions
 from .configuration import GPT2Config
 
-# What the generic PyTorch <-> Keras rule cannot infer (see pretrained.tf.convert).
-TF_KEY_RULES = {
-    # Conv1D biases are (1, out) in Keras (4.x's TF layout) and (out,) in PyTorch. (Their `weight` is no `kernel`:
-    # the rule keeps it as it is, (in, out) on both sides.)
-    "squeeze": (r"/(c_attn|c_proj|c_fc)/bias$",),
-    # The head is the token embedding table: `lm_head.weight` has no Keras weight of its own while tied.
-    "tied": (r"^lm_head\.weight$",),
-    # Older PyTorch checkpoints save each block's causal-mask buffers.
-    "ignore": (r"(^|\.)(attn|crossattention)\.(masked_)?bias$",),
-}
+from .key_rules import TF_KEY_RULES  # data, shared with the PyTorch loader of 4.x files
 
 
 def _dropout(x: tf.Tensor, rate: float, training: bool) -> tf.Tensor:
