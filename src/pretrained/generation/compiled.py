@@ -96,6 +96,8 @@ def compile_settings(model: torch.nn.Module, config, device: torch.device) -> Co
     settings = config.get("compile_config")
     if settings is None and device.type != "cuda":
         return None
+    if settings is None and getattr(model, "tp_size", None):  # split over ranks (tp_plan): eager unless asked
+        return None
     placed = getattr(model, "hf_device_map", None) or {}
     if len(set(placed.values())) > 1 or "disk" in placed.values():
         return None

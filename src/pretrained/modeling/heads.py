@@ -58,6 +58,9 @@ class DecoderForCausalLM(DecoderHead, GenerationMixin):
     """Base model + `lm_head` (no bias): next-token logits (B, T, V). The head is tied to the input embeddings
     when `config.tie_word_embeddings` is set."""
 
+    # tensor parallelism (distributed/plan.py): the head splits the vocabulary, its output gathered (full logits)
+    _tp_plan: ClassVar[dict[str, str]] = {"lm_head": "colwise_gather_output"}
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         f = cls.facts  # the family's facts, plus the tie and the output embeddings this head brings
         cls.facts = f.but(tied_weights={"lm_head.weight": f"{f.base_model_prefix}.{f.input_embeddings}.weight"},

@@ -19,8 +19,9 @@ class LlamaConfig(PretrainedConfig):
     default_rope_theta = 10000.0
     # Partition plan (tensor parallelism), shared by the PyTorch and the Flax classes (`flax/sharding.py`): module
     # pattern of the base model ("*" = a layer index) -> "colwise" (split output features) | "rowwise" (input
-    # features). The reference's plan for Llama, Mistral, Qwen2 and Gemma, which inherit it. A class attribute: it
-    # is not written to config.json.
+    # features) | "embedding_rowwise" (vocabulary rows); styles in `distributed/plan.py`. The reference's plan for
+    # Llama, Mistral, Qwen2 and Gemma, which inherit it, plus the embedding. A class attribute: it is not written
+    # to config.json.
     base_model_tp_plan: ClassVar[dict[str, str]] = {
         "layers.*.self_attn.q_proj": "colwise",
         "layers.*.self_attn.k_proj": "colwise",
@@ -29,6 +30,7 @@ class LlamaConfig(PretrainedConfig):
         "layers.*.mlp.gate_proj": "colwise",
         "layers.*.mlp.up_proj": "colwise",
         "layers.*.mlp.down_proj": "rowwise",
+        "embed_tokens": "embedding_rowwise",  # ours: the table split by vocabulary (a tied lm_head follows it)
     }
     value_rules = {
         "vocab_size": "size", "hidden_size": "size", "intermediate_size": "size", "num_hidden_layers": "layers",
