@@ -42,7 +42,10 @@ class ModuleUtilsMixin:
         skip = set()
         if exclude_embeddings:
             skip = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
-        return sum(p.numel() for p in self.parameters() if id(p) not in skip and (p.requires_grad or not only_trainable))
+        total = sum(p.numel() for p in self.parameters() if id(p) not in skip and (p.requires_grad or not only_trainable))
+        if not only_trainable:  # quantized layers (quantization/linear.py) hold their weight as low-bit buffers
+            total += sum(m.logical_weight_numel for m in self.modules() if hasattr(m, "logical_weight_numel"))
+        return total
 
     def get_memory_footprint(self, return_buffers: bool = True) -> int:
         """Bytes taken by parameters (and buffers), counting tied tensors once."""
