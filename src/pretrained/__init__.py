@@ -17,7 +17,9 @@ _EXPORTS = {
     "AutoConfig": "auto", "AutoModel": "auto", "AutoModelForCausalLM": "auto",
     "AutoModelForSequenceClassification": "auto", "AutoModelForQuestionAnswering": "auto",
     "AutoModelForTokenClassification": "auto", "AutoModelForMaskedLM": "auto", "AutoModelForSeq2SeqLM": "auto",
+    "AutoModelForPreTraining": "auto",
     "PreTrainedModel": "modeling.base", "ModelFacts": "modeling.base",
+    "DistributedConfig": "distributed.config",
     "ModuleUtilsMixin": "modeling.utils",
     "load_sharded_checkpoint": "modeling.sharded",
     "infer_auto_device_map": "dispatch.plan",
@@ -35,6 +37,8 @@ _EXPORTS = {
     "TFAutoModelForSeq2SeqLM": "tf.auto", "TFAutoModelForSequenceClassification": "tf.auto",
     "TFAutoModelForQuestionAnswering": "tf.auto", "TFAutoModelForTokenClassification": "tf.auto",
     "errors": None,
+    "TorchAoConfig": "quantization.config", "CompressedTensorsConfig": "quantization.config",
+    "BitsAndBytesConfig": "quantization.bnb", "FineGrainedFP8Config": "quantization.fp8",
 }
 
 _DECODER = ("Model", "ForCausalLM", "ForSequenceClassification", "ForQuestionAnswering", "ForTokenClassification")
@@ -42,7 +46,7 @@ _FAMILIES = {  # folder under models/ -> (class-name prefix, class-name suffixes
     "llama": ("Llama", _DECODER), "mistral": ("Mistral", _DECODER), "qwen2": ("Qwen2", _DECODER),
     "gemma": ("Gemma", _DECODER),
     "bert": ("Bert", ("Model", "ForMaskedLM", "ForSequenceClassification", "ForQuestionAnswering",
-                      "ForTokenClassification")),
+                      "ForTokenClassification", "ForPreTraining")),
     "gpt2": ("GPT2", ("Model", "LMHeadModel")),
     "t5": ("T5", ("Model", "ForConditionalGeneration", "EncoderModel")),
 }

@@ -141,3 +141,5 @@ AutoModelForQuestionAnswering = _auto("AutoModelForQuestionAnswering", "An extra
 AutoModelForTokenClassification = _auto("AutoModelForTokenClassification", "A per-token classifier.")
 AutoModelForMaskedLM = _auto("AutoModelForMaskedLM", "A masked language model.")
 AutoModelForSeq2SeqLM = _auto("AutoModelForSeq2SeqLM", "An encoder-decoder language model.")
+AutoModelForPreTraining = _auto("AutoModelForPreTraining", "A model with its pre-training heads (BERT: masked LM + "
+                                "next sentence).")

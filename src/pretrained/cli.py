@@ -10,6 +10,11 @@
     pretrained generate PATH --prompt TEXT [--max-new-tokens N] [--do-sample --temperature T --top-k K ...]
                        [--compile] [--framework flax|tf]
                                        stream a continuation (PATH holds tokenizer.json), then tokens/s
+    pretrained convert SRC DST [--max-shard-size 5GB] [--dtype D] [--from pt|tf|flax]
+                                       any checkpoint we read (safetensors, .bin, tf_model.h5, TF 1, msgpack) ->
+                                       PyTorch-layout safetensors + config in DST, streamed, in one atomic commit
+    pretrained quantize SRC DST [--bits 4|8] [--group-size 128] [--lm-head-bits 8] [--asymmetric] [--skip M]
+                                       int4/int8 weights as a compressed-tensors checkpoint, streamed, atomic
 
 torch is imported only by the subcommand that needs it, so `--help` is instant. A `PretrainedError` prints one
 line and exits with status 2.
@@ -515,6 +520,33 @@ def _generate_tf(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- convert -----------------------------------------------------------------------------------------------------
+def convert(args: argparse.Namespace) -> int:
+    """`pretrained convert SRC DST`: see checkpoint/convert.py."""
+    from .checkpoint.convert import convert_checkpoint
+    from .modeling.dtype import as_dtype
+
+    dtype = as_dtype(args.dtype) if args.dtype else None
+    report = convert_checkpoint(args.src, args.dst, max_shard_size=args.max_shard_size, dtype=dtype,
+                                framework=getattr(args, "from"))
+    skipped = f"; left out {len(report.skipped)} optimizer/step tensor(s)" if report.skipped else ""
+    print(f"converted {report.tensors} tensors ({_size(report.total_bytes)}) from {report.source_format} into "
+          f"{args.dst}: {', '.join(report.files)}{skipped}")
+    return 0
+
+
+def quantize(args: argparse.Namespace) -> int:
+    """`pretrained quantize SRC DST`: see quantization/stream.py."""
+    from .quantization.stream import quantize_checkpoint
+
+    report = quantize_checkpoint(args.src, args.dst, bits=args.bits, group_size=args.group_size,
+                                 modules_to_not_convert=args.skip, lm_head_bits=args.lm_head_bits,
+                                 symmetric=not args.asymmetric, max_shard_size=args.max_shard_size)
+    print(f"quantized {report.quantized} layers to int{args.bits}: {_size(report.source_bytes)} -> "
+          f"{_size(report.written_bytes)} in {args.dst}: {', '.join(report.files)}")
+    return 0
+
+
 # ---- entry point -----------------------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pretrained", description="Load, save and inspect pretrained checkpoints.")
@@ -556,6 +588,28 @@ def _parser() -> argparse.ArgumentParser:
                    help="decode over a fixed-length (static) cache with a torch.compile'd one-token step; the "
                         "first call compiles (tens of seconds), so it pays off on long generations")
     p.set_defaults(run=generate)
+    p = commands.add_parser("convert", help="convert any checkpoint we read (TF h5 / TF 1 / Flax msgpack / .bin) to "
+                                            "PyTorch-layout safetensors")
+    p.add_argument("src", help="a folder, Hub repo, weights file, or TF 1 checkpoint (.index or its prefix)")
+    p.add_argument("dst", help="the folder to write (created; replaced atomically)")
+    p.add_argument("--max-shard-size", default="5GB", help="largest shard, e.g. 5GB, 500MB (default 5GB)")
+    p.add_argument("--dtype", help="convert floating tensors to float32, bfloat16 or float16 (default: as stored)")
+    p.add_argument("--from", choices=["pt", "tf", "flax"],
+                   help="which weights to read when SRC holds several (default: PyTorch, then TF, then Flax)")
+    p.set_defaults(run=convert)
+    p = commands.add_parser("quantize", help="a float checkpoint -> int4/int8 weights (compressed-tensors "
+                                             "pack-quantized), streamed")
+    p.add_argument("src", help="a float checkpoint folder or Hub repo")
+    p.add_argument("dst", help="the folder to write (created; replaced atomically)")
+    p.add_argument("--bits", type=int, choices=[4, 8], default=4, help="4 (group-wise, default) or 8 (per channel)")
+    p.add_argument("--group-size", type=int, default=128, help="int4 group size: 32, 64, 128 (default) or 256")
+    p.add_argument("--lm-head-bits", type=int, choices=[4, 8], help="also quantize the output head (e.g. 8)")
+    p.add_argument("--asymmetric", action="store_true",
+                   help="int4 with a zero point per group and a least-squares range (more accurate)")
+    p.add_argument("--skip", action="append", metavar="MODULE",
+                   help="a module name (or re:pattern) to keep in float, repeatable (default: lm_head)")
+    p.add_argument("--max-shard-size", default="5GB", help="largest shard, e.g. 5GB, 500MB (default 5GB)")
+    p.set_defaults(run=quantize)
     return parser
 
 

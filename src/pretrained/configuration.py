@@ -309,6 +309,9 @@ class PretrainedConfig(PushToHubMixin):
     def __eq__(self, other: object) -> bool:
         return isinstance(other, PretrainedConfig) and self.to_dict() == other.to_dict()
 
+    def __hash__(self) -> int:  # by content, as __eq__ (JAX's jit keys compiled code on the modules' configs)
+        return hash(self.to_json_string(use_diff=False))
+
     def __repr__(self) -> str:
         return f"{type(self).__name__} {self.to_json_string(use_diff=False)}"
 

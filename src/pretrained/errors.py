@@ -105,3 +105,19 @@ class UntrustedCodeError(RemoteCodeError):
 
 class MissingDependencyError(RemoteCodeError, ImportError):
     """A checkpoint's custom code imports a package that is not installed (names the `pip install` to run)."""
+
+
+class QuantizationError(PretrainedError, ValueError):
+    """A quantization request or a quantized checkpoint that cannot be honoured: an unknown `quant_method` (names it
+    and the supported ones), a malformed `quantization_config`, a layer whose shape the kernel cannot take (names the
+    layer and why), or a device without the kernel."""
+
+
+class QuantizationLibraryError(QuantizationError, ImportError):
+    """A quantization method runs on a library that is not installed (bitsandbytes): names the `pip install`."""
+
+
+class TensorParallelError(PretrainedError, ValueError):
+    """A tensor-parallel load that cannot split as asked: head counts or a split dimension not divisible by the
+    world size (names both numbers), a plan entry naming no module or an unsupported style, tp_size against the
+    world size, or tp_plan with a device_map. Raised alike on every rank, before any rendezvous or read."""

@@ -42,6 +42,29 @@ def activation(name: str):
     return ACTIVATIONS[name]
 
 
+# ---- matrix products ----------------------------------------------------------------------------------------------
+_NARROW = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+def wide_dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precision=None,
+                     preferred_element_type=None, **kwargs: Any) -> jax.Array:
+    """`lax.dot_general` for `nn.Dense(dot_general=...)`: 16-bit operands are multiplied with float32 accumulation
+    and the result rounded back to their dtype, as torch's CPU and CUDA matmuls do. Same numbers as a 16-bit
+    product that accumulates wide, and on XLA:CPU 5-6x faster than its bf16 dot (measured: a (16, 2048) x
+    (2048, 8192) product, 29 ms -> 4.8 ms under jit). Other dtypes go through unchanged."""
+    if preferred_element_type is None and lhs.dtype == rhs.dtype and lhs.dtype in _NARROW:
+        out = lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                              preferred_element_type=jnp.float32, **kwargs)
+        return out.astype(lhs.dtype)
+    return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                           preferred_element_type=preferred_element_type, **kwargs)
+
+
+def matmul_t(x: jax.Array, table: jax.Array) -> jax.Array:
+    """x @ table.T (a (V, C) table: tied output embeddings, GPT-2's Conv1D) with `wide_dot_general`."""
+    return wide_dot_general(x, table, (((x.ndim - 1,), (1,)), ((), ())))
+
+
 # ---- normalisation ------------------------------------------------------------------------------------------------
 class FlaxRMSNorm(nn.Module):
     """y = weight * x / sqrt(mean(x^2) + eps), normalised in float32; `offset=1.0` is Gemma's (1 + weight) form
@@ -179,6 +202,13 @@ def cache_index_of(cache: Any) -> jax.Array | None:
 
 
 # ---- attention ----------------------------------------------------------------------------------------------------
+def _wide_einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+    """einsum accumulating 16-bit operands in float32 (see `wide_dot_general`), rounded back to their dtype."""
+    if a.dtype == b.dtype and a.dtype in _NARROW:
+        return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32).astype(a.dtype)
+    return jnp.einsum(spec, a, b)
+
+
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scaling: float, dtype,
            dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Grouped-query attention: q (B, T, H, D), k and v (B, S, K, D), mask (B|1, 1, T, S) -> (out (B, T, H, D),
@@ -186,13 +216,13 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scaling: f
     groups = q.shape[2] // k.shape[2]
     if groups > 1:  # head h reads key/value head h // groups
         k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
-    scores = jnp.einsum("bthd,bshd->bhts", q, k) * jnp.asarray(scaling, dtype=q.dtype)
+    scores = _wide_einsum("bthd,bshd->bhts", q, k) * jnp.asarray(scaling, dtype=q.dtype)
     scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
     weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(dtype)
     if dropout_rate > 0.0 and dropout_rng is not None:
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
         weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0).astype(dtype)
-    return jnp.einsum("bhts,bshd->bthd", weights, v.astype(dtype)), weights
+    return _wide_einsum("bhts,bshd->bthd", weights, v.astype(dtype)), weights
 
 
 class FlaxGatedMLP(nn.Module):
@@ -209,7 +239,7 @@ class FlaxGatedMLP(nn.Module):
     def setup(self) -> None:
         def dense(features: int) -> nn.Dense:
             return nn.Dense(features, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-                            kernel_init=nn.initializers.normal(self.init_std))
+                            kernel_init=nn.initializers.normal(self.init_std), dot_general=wide_dot_general)
 
         self.gate_proj = dense(self.intermediate_size)
         self.up_proj = dense(self.intermediate_size)

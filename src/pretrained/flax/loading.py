@@ -7,21 +7,24 @@ from the mapped file to its device array.
    the PyTorch layout and go through `convert.py`.
 2. Names: every Flax parameter path names one checkpoint tensor (`convert.slot`); base-model prefix added or
    stripped as the PyTorch loader does. Every shape is checked from the headers before a byte of data is read.
-3. Data: each tensor is a numpy view of the mapped file (no copy), handed to its device as it is (JAX on the CPU
-   keeps the view itself when it is aligned), transposed there when its layout differs, and its pages released
-   before the next one, so the peak stays near one copy of the parameters.
+3. Data: for one device, each tensor is read (positioned reads, no mapping) into 64-byte-aligned memory, which JAX
+   on the CPU adopts without a copy; transposed there when its layout differs. For a mesh, each device's slice is
+   cut from a view of the mapped file, whose pages are released once placed. A few tensors at a time, on threads
+   (the copies and transposes run in native code), so the peak stays near one copy of the parameters.
 """
 
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..checkpoint.files import CheckpointFiles, find_checkpoint, read_index
+from ..checkpoint.files import CheckpointFiles, find_checkpoint, find_single_or_index
 from ..checkpoint.numpy_reader import NumpyCheckpointReader
 from ..checkpoint.report import LoadingInfo  # noqa: F401 (the report every framework gives)
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError, ShapeMismatchError
@@ -40,22 +43,9 @@ def find_flax_checkpoint(name_or_path: str | os.PathLike, *, variant: str | None
     source = os.fspath(name_or_path)
     if os.path.isfile(source):
         return CheckpointFiles("msgpack" if source.endswith(".msgpack") else "safetensors", [source])
-    single = resolve_file(source, FLAX_WEIGHTS, required=False, **hub)
-    if single is not None:
-        return CheckpointFiles("msgpack", [single])
-    index_path = resolve_file(source, FLAX_INDEX, required=False, **hub)
-    if index_path is not None:
-        index = read_index(index_path)
-        paths = {}
-        for shard in sorted(set(index["weight_map"].values())):
-            path = resolve_file(source, shard, required=False, **hub)
-            if path is None:
-                raise CorruptCheckpointError(
-                    f"Shard '{shard}' is named in the index '{index_path}' but is missing. Copy or download the "
-                    "missing shard, or re-save the checkpoint.")
-            paths[shard] = path
-        weight_map = {name: paths[shard] for name, shard in index["weight_map"].items()}
-        return CheckpointFiles("msgpack", list(paths.values()), index, index_path, weight_map)
+    found = find_single_or_index(source, FLAX_WEIGHTS, FLAX_INDEX, "msgpack", hub)
+    if found is not None:
+        return found
     try:
         return find_checkpoint(source, variant=variant, use_safetensors=True, **hub)
     except CheckpointNotFoundError as e:
@@ -130,23 +120,45 @@ def check_mismatches(plan: LoadPlan, ignore_mismatched_sizes: bool) -> None:
 
 
 # ---- 3. data ------------------------------------------------------------------------------------------------------
-def stream(reader: Any, plan: LoadPlan, place: Callable[[Slot, np.ndarray], Any]) -> dict[Path, Any]:
+def stream(reader: Any, plan: LoadPlan, place: Callable[[Slot, np.ndarray], Any],
+           workers: int | None = None) -> dict[Path, Any]:
     """`place(slot, view)` each planned tensor (a numpy view of the mapped file, in the checkpoint's layout), file by
-    file in on-disk order, releasing each tensor's pages once placed; returns Flax path -> placed array."""
+    file in on-disk order, releasing each tensor's pages once placed; returns Flax path -> placed array.
+
+    Copies and transposes run in the runtime's native code, which releases the GIL: `workers` threads (default: the
+    CPUs, at most 4) place tensors side by side, one each in flight, so memory stays near one copy. A placer with
+    `owned = True` gets each tensor read into aligned memory of its own instead of a view of the mapping."""
+    names = [n for n in reader.names_on_disk() if n in plan.found]
+    workers = workers or min(4, os.cpu_count() or 1)
+    owned = getattr(place, "owned", False) and hasattr(reader, "owned_array")  # see sharding.device_placer
+
+    def one(name: str) -> Any:
+        try:
+            view = reader.owned_array(name) if owned else reader.array(name)
+        except (OSError, ValueError) as e:  # the file changed since its header was read
+            raise CorruptCheckpointError(
+                f"'{reader.infos[name].path}': tensor '{name}' cannot be read ({type(e).__name__}: {e}). "
+                "Re-download or re-save the checkpoint.") from e
+        placed = place(plan.found[name], view)
+        reader.release(name)
+        return placed
+
     out = {}
     try:
-        for name in reader.names_on_disk():
-            sl = plan.found.get(name)
-            if sl is None:
-                continue
-            try:
-                view = reader.array(name)
-            except (OSError, ValueError) as e:  # the file changed since its header was read
-                raise CorruptCheckpointError(
-                    f"'{reader.infos[name].path}': tensor '{name}' cannot be read ({type(e).__name__}: {e}). "
-                    "Re-download or re-save the checkpoint.") from e
-            out[sl.path] = place(sl, view)
-            reader.release(name)
+        if workers <= 1 or len(names) < 2:
+            for name in names:
+                out[plan.found[name].path] = one(name)
+            return out
+        with ThreadPoolExecutor(workers) as pool:
+            pending: deque = deque()
+            for name in names:
+                pending.append((name, pool.submit(one, name)))
+                if len(pending) >= workers:
+                    done, future = pending.popleft()
+                    out[plan.found[done].path] = future.result()
+            while pending:
+                done, future = pending.popleft()
+                out[plan.found[done].path] = future.result()
     finally:
         reader.close()
     return out

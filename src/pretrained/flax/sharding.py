@@ -13,7 +13,6 @@ With a mesh, each device's slice is read from the mapped checkpoint file and not
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -23,10 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from ..distributed.plan import STYLES, split_dim, style_of  # the styles, shared with PyTorch tensor parallelism
 from ..errors import ConfigError
 from .convert import Slot
-
-STYLES = ("colwise", "rowwise", "colwise_gather_output", "rowwise_split_input", "replicate")
 
 
 def partition_plan(model_cls: type, config: Any, has_prefix: bool) -> dict[str, str]:
@@ -45,20 +43,13 @@ def partition_plan(model_cls: type, config: Any, has_prefix: bool) -> dict[str, 
 
 
 def _style(plan: Mapping[str, str], module: str) -> str | None:
-    for pattern, style in plan.items():
-        regex = "".join("[^.]+" if part == "*" else re.escape(part) for part in re.split(r"(\*)", pattern))
-        if re.fullmatch(regex, module):
-            return style
-    return None
+    return style_of(plan, module)
 
 
 def pytorch_spec(style: str | None, leaf: str, ndim: int) -> list[int | None]:
-    """Which PyTorch dim of a Linear's `weight` / `bias` the style splits: [dim] or [] (replicated)."""
-    if style in ("colwise", "colwise_gather_output"):
-        return [0] if leaf in ("weight", "bias") else []
-    if style in ("rowwise", "rowwise_split_input"):
-        return [1] if leaf == "weight" and ndim >= 2 else []
-    return []
+    """Which PyTorch dim of a module's `weight` / `bias` the style splits: [dim] or [] (replicated)."""
+    dim = split_dim(style, leaf, ndim)
+    return [] if dim is None else [dim]
 
 
 def spec_for(slot: Slot, shape: tuple[int, ...], plan: Mapping[str, str], axis: str,
@@ -120,8 +111,8 @@ def mesh_placer(mesh: Mesh, plan: Mapping[str, str], axis: str | None, dtype: An
 
 
 def device_placer(device: Any = None, dtype: Any = None) -> Callable[[Slot, np.ndarray], jax.Array]:
-    """place(slot, view) -> the parameter on one device: the view handed over as it is (on the CPU, JAX keeps an
-    aligned view itself: no copy), transposed and cast there when needed."""
+    """place(slot, array) -> the parameter on one device: the array handed over as it is (on the CPU, JAX adopts
+    64-byte-aligned host memory: no copy), transposed and cast there when needed."""
 
     def place(slot: Slot, view: np.ndarray) -> jax.Array:
         x = jax.device_put(view, device)
@@ -131,6 +122,7 @@ def device_placer(device: Any = None, dtype: Any = None) -> Callable[[Slot, np.n
             x = x.astype(dtype)
         return x.block_until_ready()
 
+    place.owned = True  # type: ignore[attr-defined]  # give me aligned memory of its own: adopted, not copied
     return place
 
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..checkpoint.files import find_checkpoint
+from ..checkpoint.legacy import open_legacy, open_legacy_fallback
 from ..checkpoint.reader import CheckpointReader, TensorInfo, read_converted
 from ..checkpoint.shards import DEFAULT_MAX_SHARD_SIZE
 from ..checkpoint.writer import save_checkpoint
@@ -26,7 +27,7 @@ from ..configuration import CONFIG_NAME, PretrainedConfig, naming_file
 from ..dispatch.hooks import attach_hooks
 from ..dispatch.offload import DiskStore
 from ..dispatch.plan import STRATEGIES, available_memory, device_for, parse_device_map, plan_device_map, sizes_from_model
-from ..errors import ConfigError, DeviceMapError, PretrainedError
+from ..errors import CheckpointNotFoundError, ConfigError, DeviceMapError, PretrainedError
 from ..generation.config import GENERATION_CONFIG_NAME, GenerationConfig
 from ..hub.push import PUSH_KWARGS, PushToHubMixin, folder_state, weights_names
 from ..hub.resolve import pop_hub_kwargs
@@ -101,6 +102,17 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin, PushToHubMixin):
     config_class: ClassVar[type[PretrainedConfig]] = PretrainedConfig
     facts: ClassVar[ModelFacts] = ModelFacts()
     _auto_class: ClassVar[str | None] = None  # set by register_for_auto_class: save_pretrained then saves the code
+    tp_size: int | None = None  # ranks a tensor-parallel load (tp_plan=...) split this model over; None: whole
+
+    @property
+    def tp_plan(self) -> dict[str, str]:
+        """The tensor-parallel plan, module pattern -> style: the one applied when split, else the family's."""
+        tp = self.__dict__.get("_tp")
+        if tp is not None:
+            return dict(tp.plan)
+        from ..distributed.plan import family_plan
+
+        return family_plan(self.config, type(self), has_prefix=self.base_model is not self)
 
     @classmethod
     def register_for_auto_class(cls, auto_class: str | type = "AutoModel") -> None:
@@ -396,6 +408,9 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin, PushToHubMixin):
             variant: e.g. "fp16" for `model.fp16.safetensors`.
             attn_implementation: "sdpa" (default) or "eager".
             state_dict: load these tensors instead of reading files (the config must then come from `config`).
+            from_tf / from_flax: read 4.x's `tf_model.h5` (or a TF 1 checkpoint: its `.index` path, with `config`) /
+                `flax_model.msgpack` instead, without TensorFlow or JAX (checkpoint/legacy.py). Without either, a
+                folder or repo holding only TF or Flax weights loads those (with a warning).
             revision, subfolder, cache_dir, token, local_files_only, force_download: where to find the files.
             Any other keyword that names a config attribute overrides it (e.g. `num_labels=3`).
         """
@@ -416,8 +431,11 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin, PushToHubMixin):
         attn = kwargs.pop("attn_implementation", None)
         variant = kwargs.pop("variant", None)
         state_dict = kwargs.pop("state_dict", None)
+        from_tf, from_flax = bool(kwargs.pop("from_tf", False)), bool(kwargs.pop("from_flax", False))  # legacy.py
         kwargs.pop("low_cpu_mem_usage", None)  # always low: the model is built on the meta device
         kwargs.pop("name_or_path", None)  # the reference's Auto classes pass these two to a custom class
+        tp_args = {k: kwargs.pop(k, None) for k in ("tp_plan", "tp_size", "distributed_config")}  # distributed/
+        quantization_config = kwargs.pop("quantization_config", None)
         if "_adapter_model_path" in (kwargs.pop("adapter_kwargs", None) or {}):
             raise ValueError("This checkpoint is a PEFT adapter; load its base model and apply the adapter with peft.")
         hub = pop_hub_kwargs(kwargs)
@@ -428,15 +446,40 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin, PushToHubMixin):
 
         if state_dict is not None:
             reader = _StateDictReader(state_dict)
+        elif from_tf or from_flax:  # TensorFlow / Flax files, read without either framework (checkpoint/legacy.py)
+            reader = open_legacy(pretrained_model_name_or_path, config.model_type, from_tf=from_tf,
+                                 from_flax=from_flax, hub=hub)
         else:
-            files = find_checkpoint(pretrained_model_name_or_path, variant=variant, use_safetensors=use_safetensors, **hub)
-            reader = CheckpointReader(files.files, files.format, files.weight_map or None, files.index_path)
-            if disable_mmap:
+            try:
+                files = find_checkpoint(pretrained_model_name_or_path, variant=variant, use_safetensors=use_safetensors, **hub)
+            except CheckpointNotFoundError as e:  # only TF or Flax weights there: those load (logged, see legacy.py)
+                reader = open_legacy_fallback(pretrained_model_name_or_path, config.model_type, hub) if (
+                    type(e) is CheckpointNotFoundError and not use_safetensors) else None
+                if reader is None:
+                    raise
+            else:
+                reader = CheckpointReader(files.files, files.format, files.weight_map or None, files.index_path)
+            if disable_mmap and isinstance(reader, CheckpointReader):
                 reader = _OwnedReader(reader)
-        dtype = resolve_dtype(requested_dtype, config.dtype, reader.first_floating_dtype())
+        config_dtype = None if getattr(reader, "dtype_from_weights", False) else config.dtype  # 4.57's Flax configs
+        dtype = resolve_dtype(requested_dtype, config_dtype, reader.first_floating_dtype())
         check_config_fits(config, reader)  # before building: a config that cannot match the weights fails at once
         model = cls._skeleton(config, dtype)
+        from ..quantization.loading import handler_for_load
+
+        quantizer = handler_for_load(config, quantization_config)  # quantization/base.py says what a handler does
+        if quantizer is not None:
+            quantizer.prepare(model)
         plan = _device_plan(model, device_map, max_memory)
+        tp = None
+        if any(v is not None for v in tp_args.values()):  # tensor parallel: checked, then this rank's slices only
+            from ..distributed.tensor_parallel import prepare
+
+            tp = prepare(model, **tp_args, device_map=device_map, disable_mmap=disable_mmap)
+            reader = tp.reader(reader, model) if tp is not None else reader
+        if quantizer is not None and plan and "disk" in plan.values():
+            raise DeviceMapError("Quantized layers cannot be offloaded to disk: raise max_memory, or give a "
+                                 "device_map without 'disk' (quantized weights take a quarter to half the memory).")
         if disable_mmap and plan and "disk" in plan.values() and not offload_folder:
             raise DeviceMapError(
                 "disable_mmap=True keeps no mapping of the checkpoint's files, so the weights planned on 'disk' are "
@@ -453,8 +496,20 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin, PushToHubMixin):
                 return in_memory
             return "cpu" if planned == "disk" and name in buffers and not offload_buffers else planned
 
-        info = load_into(model, reader, placement=placement if plan else None, disk=store,
-                         ignore_mismatched_sizes=ignore_mismatched_sizes)
+        try:
+            info = load_into(model, reader, placement=placement if plan else None, disk=store,
+                             ignore_mismatched_sizes=ignore_mismatched_sizes, quantizer=quantizer,
+                             device=tp.device if tp is not None else "cpu")
+        except BaseException:
+            if tp is not None:
+                tp.agree(failed=True)  # the other ranks learn of it (and raise) instead of waiting forever
+            raise
+        if tp is not None:
+            tp.finish(model)  # every rank loaded; model.tp_size, model.tp_plan; save_pretrained gathers
+        if quantizer is not None:
+            from ..quantization.loading import attach
+
+            attach(model, quantizer)
         config.dtype = dtype
         model.eval()
         if plan is not None:
@@ -487,6 +542,18 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin, PushToHubMixin):
             config._name_or_path = os.fspath(source)
         return config
 
+    def dequantize(self):
+        """A quantized model (from_pretrained with quantization_config, or a quantized checkpoint) back to float
+        layers holding the dequantized weights; the model's config then has no quantization_config."""
+        handler = getattr(self, "hf_quantizer", None)
+        if handler is None:
+            raise ValueError(f"This {type(self).__name__} is not quantized; there is nothing to dequantize.")
+        from ..quantization.loading import detach
+
+        handler.dequantize(self)
+        detach(self)
+        return self
+
     # ---- saving ------------------------------------------------------------------------------
     def save_pretrained(
         self,
@@ -512,6 +579,11 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin, PushToHubMixin):
         """
         if save_function is not None:
             raise ValueError("save_function is not supported: files are written atomically by pretrained itself.")
+        tp = self.__dict__.get("_tp")
+        if tp is not None and not tp.saving:  # split by tp_plan: every rank gathers, rank 0 writes, all wait
+            return tp.save(self, save_directory, is_main_process=is_main_process, state_dict=state_dict,
+                           push_to_hub=push_to_hub, max_shard_size=max_shard_size,
+                           safe_serialization=safe_serialization, variant=variant, **kwargs)
         push = {k: kwargs.pop(k) for k in PUSH_KWARGS if k in kwargs}  # used with push_to_hub=True only
         if kwargs:
             raise TypeError(f"save_pretrained() got unexpected arguments: {', '.join(sorted(kwargs))}.")
@@ -519,7 +591,9 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin, PushToHubMixin):
             return
         before = folder_state(save_directory) if push_to_hub else {}
         own = state_dict is None
-        state_dict = dict(self.state_dict() if own else state_dict)
+        if own and getattr(self, "hf_quantizer", None) is not None:  # low-bit tensors + the config describing them
+            state_dict, self.config.quantization_config = self.hf_quantizer.serialize(self)
+        state_dict = dict(self.state_dict() if state_dict is None else state_dict)
         for target, source in self.active_ties().items():  # written once, under its source's name
             t, s = state_dict.get(target), state_dict.get(source)
             if t is not None and (own or s is not None and t.data_ptr() == s.data_ptr() and t.shape == s.shape):

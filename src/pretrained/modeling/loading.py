@@ -74,6 +74,7 @@ def load_into(
     ignore_mismatched_sizes: bool = False,
     placement: Callable[[str], Any] | None = None,
     disk: DiskStore | None = None,
+    quantizer: Any = None,
 ) -> LoadingInfo:
     """Assign checkpoint tensors to `model` (built on meta) in the dtypes its skeleton already has.
 
@@ -89,6 +90,9 @@ def load_into(
         return torch.device("cuda", planned) if isinstance(planned, int) else torch.device(planned)
 
     targets = model.state_dict(keep_vars=True)
+    if quantizer is not None:  # a quantization handler (quantization/base.py): the low-bit names it expects
+        quantizer.reader = reader  # its names, shapes and files (bitsandbytes keeps block sizes inside tensors)
+        targets.update(quantizer.checkpoint_targets(model))
     to_model = key_mapper(model, list(reader.infos), set(targets))
     info = LoadingInfo()
     wanted: dict[str, str] = {}  # checkpoint name -> model name
@@ -139,12 +143,16 @@ def load_into(
     for ckpt_name, tensor in reader.iter_tensors(to_read, convert):
         name = wanted[ckpt_name]
         target, place = targets[name], where(name)
+        if quantizer is not None and place != "disk" and quantizer.load_tensor(model, name, tensor, place):
+            continue
         if place == "disk":
             value = disk.put(name, tensor.to(dtype=target.dtype if target.is_floating_point() else None))
         else:
             value = tensor.to(device=place, dtype=target.dtype if target.is_floating_point() else None)
         _set_tensor(model, name, value)
     loaded = set(wanted.values())
+    if quantizer is not None:
+        quantizer.finish(model, loaded)
     model._untied_weights = _untied_by_checkpoint(model, loaded)
     model.tie_weights()
     tied = {t for t, s in model.active_ties().items() if s in loaded}

@@ -33,7 +33,9 @@ import inspect
 import logging
 import os
 import re
+from collections import deque
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -648,22 +650,10 @@ class TFPreTrainedModel(keras.Model, TFModelUtilsMixin, TFGenerationMixin, PushT
                 f"{len(mismatched)} tensor(s) in the checkpoint do not fit the model:\n{lines}\nCheck that the config "
                 "matches the checkpoint, or pass ignore_mismatched_sizes=True to initialise those weights afresh.")
         done = set()
-        for name in reader.names_on_disk():
-            p = planned.get(name)
-            if p is None or id(p.variable) in done:
-                continue
-            try:
-                view = reader.array(name)
-            except (OSError, ValueError) as e:
-                if isinstance(e, CorruptCheckpointError):
-                    raise
-                raise CorruptCheckpointError(
-                    f"'{reader.infos[name].path}': tensor '{name}' cannot be read ({type(e).__name__}: {e}). "
-                    "Re-download or re-save the checkpoint.") from e
-            _initialise(p.variable, lambda: _to_variable(view, p))
-            del view
+        for name, value in _converted(reader, planned):
+            p = planned[name]
+            _initialise(p.variable, value.pop)  # the list gives up the tensor: the variable holds the only reference
             done.add(id(p.variable))
-            reader.release(name)
         missing = []
         for path, v in variables.items():
             if id(v) not in done:
@@ -808,6 +798,48 @@ def _same_size(a: tuple, b: tuple) -> bool:
     """A Keras-layout checkpoint tensor fits a variable of the same shape (4.x also accepted a reshape of the same
     size, as for GPT-2's (1, out) biases)."""
     return a == b or (int(np.prod(a)) == int(np.prod(b)) and [d for d in a if d != 1] == [d for d in b if d != 1])
+
+
+def _converted(reader: Any, planned: Mapping[str, _Planned], workers: int | None = None):
+    """(name, [value]) for every planned tensor (a variable shared by two names once), in on-disk order. Reading,
+    transposing and casting run in TensorFlow's native code, which releases the GIL: `workers` threads (default: the
+    CPUs, at most 4) convert tensors side by side, one each in flight, while the caller assigns them in order."""
+    order, seen = [], set()
+    for name in reader.names_on_disk():
+        p = planned.get(name)
+        if p is not None and id(p.variable) not in seen:
+            seen.add(id(p.variable))
+            order.append(name)
+
+    def one(name: str) -> list:
+        try:
+            view = reader.array(name)
+        except (OSError, ValueError) as e:
+            if isinstance(e, CorruptCheckpointError):
+                raise
+            raise CorruptCheckpointError(
+                f"'{reader.infos[name].path}': tensor '{name}' cannot be read ({type(e).__name__}: {e}). "
+                "Re-download or re-save the checkpoint.") from e
+        value = _to_variable(view, planned[name])
+        del view
+        reader.release(name)
+        return [value]
+
+    workers = workers or min(4, os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque = deque()
+        try:
+            for name in order:
+                pending.append((name, pool.submit(one, name)))
+                if len(pending) >= workers:
+                    done, future = pending.popleft()
+                    yield done, future.result()
+            while pending:
+                done, future = pending.popleft()
+                yield done, future.result()
+        finally:
+            for _, future in pending:
+                future.cancel()
 
 
 def _to_variable(view: np.ndarray, planned: _Planned) -> tf.Tensor:

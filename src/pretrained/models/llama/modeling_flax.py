@@ -32,8 +32,10 @@ from ...flax.layers import (
     cache_index_of,
     causal_mask,
     inverse_frequencies,
+    matmul_t,
     rotary_cos_sin,
     update_cache,
+    wide_dot_general,
 )
 from ...flax.outputs import FlaxBaseModelOutputWithPast, FlaxCausalLMOutput
 from .configuration import LlamaConfig
@@ -61,7 +63,7 @@ class FlaxLlamaAttention(nn.Module):
 
         def dense(features: int, bias: bool) -> nn.Dense:
             return nn.Dense(features, use_bias=bias, dtype=self.dtype, param_dtype=self.param_dtype,
-                            kernel_init=_normal(cfg))
+                            kernel_init=_normal(cfg), dot_general=wide_dot_general)
 
         self.q_proj, self.k_proj, self.v_proj = dense(H * D, qkv_bias), dense(K * D, qkv_bias), dense(K * D, qkv_bias)
         self.o_proj = dense(cfg.hidden_size, o_bias)
@@ -131,7 +133,7 @@ class FlaxLlamaLayerCollection(nn.Module):
     def setup(self) -> None:
         # positional call: (x, cos, sin, attention_mask, deterministic, init_cache, output_attentions); self is 0
         block = nn.remat(self.layer_class, static_argnums=(5, 6, 7)) if self.gradient_checkpointing \
-            else self.layer_class
+            else nn.jit(self.layer_class, static_argnums=(5, 6, 7))
         self.blocks = [block(self.config, self.dtype, self.param_dtype, window, name=str(i))
                        for i, window in enumerate(self.windows)]
 
@@ -210,7 +212,7 @@ class FlaxLlamaForCausalLMModule(nn.Module):
         self.model = self.base_module_class(cfg, self.dtype, self.param_dtype, self.gradient_checkpointing)
         if not cfg.tie_word_embeddings:
             self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
-                                    kernel_init=_normal(cfg))
+                                    kernel_init=_normal(cfg), dot_general=wide_dot_general)
 
     def __call__(self, input_ids, attention_mask=None, position_ids=None, deterministic: bool = True,
                  init_cache: bool = False, output_attentions: bool = False, output_hidden_states: bool = False,
@@ -218,7 +220,10 @@ class FlaxLlamaForCausalLMModule(nn.Module):
         out = self.model(input_ids, attention_mask, position_ids, deterministic, init_cache, output_attentions,
                          output_hidden_states, return_dict=True)
         h = out.last_hidden_state
-        logits = self.model.embed_tokens.attend(h) if self.config.tie_word_embeddings else self.lm_head(h)
+        if self.config.tie_word_embeddings:
+            logits = matmul_t(h, jnp.asarray(self.model.embed_tokens.embedding, self.dtype))
+        else:
+            logits = self.lm_head(h)
         if not return_dict:
             return tuple(v for v in (logits, out.hidden_states, out.attentions) if v is not None)
         return FlaxCausalLMOutput(logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ...flax.base import FlaxPreTrainedModel
-from ...flax.layers import activation, causal_mask, update_cache
+from ...flax.layers import activation, causal_mask, matmul_t, update_cache, wide_dot_general
 from ...flax.outputs import (
     FlaxBaseModelOutput,
     FlaxBaseModelOutputWithPastAndCrossAttentions,
@@ -79,7 +79,8 @@ def _clamp_half(x):
 
 def _dense(features: int, std: float, dtype, param_dtype, name: str | None = None):
     return nn.Dense(features, use_bias=False, dtype=dtype, param_dtype=param_dtype,
-                    kernel_init=jax.nn.initializers.normal(std), name=name)
+                    kernel_init=jax.nn.initializers.normal(std), name=name,
+                    dot_general=wide_dot_general)
 
 
 class FlaxT5LayerNorm(nn.Module):
@@ -475,7 +476,7 @@ class FlaxT5ForConditionalGenerationModule(_T5Base):
         if getattr(cfg, "scale_decoder_outputs", cfg.tie_word_embeddings):  # the original T5: rescale first
             decoder_hidden = decoder_hidden * (cfg.d_model**-0.5)
         if head_is_tied(cfg):
-            return decoder_hidden @ jnp.asarray(self.shared.embedding, self.dtype).T
+            return matmul_t(decoder_hidden, jnp.asarray(self.shared.embedding, self.dtype))
         return self.lm_head(decoder_hidden)
 
     def decode_logits(self, decoder_input_ids, decoder_attention_mask, encoder_hidden_states,
