@@ -803,7 +803,8 @@ def _same_size(a: tuple, b: tuple) -> bool:
 def _converted(reader: Any, planned: Mapping[str, _Planned], workers: int | None = None):
     """(name, [value]) for every planned tensor (a variable shared by two names once), in on-disk order. Reading,
     transposing and casting run in TensorFlow's native code, which releases the GIL: `workers` threads (default: the
-    CPUs, at most 4) convert tensors side by side, one each in flight, while the caller assigns them in order."""
+    CPUs, at most 4; more only added float32 temporaries to the peak here) convert tensors side by side, one each in
+    flight, while the caller assigns them in order."""
     order, seen = [], set()
     for name in reader.names_on_disk():
         p = planned.get(name)
