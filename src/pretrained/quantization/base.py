@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import importlib
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Container, Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -205,6 +205,16 @@ def linear_layers(model: nn.Module,
     for name, module in list(model.named_modules()):
         if type(module) is nn.Linear and module is not tied_out and not matches(name, tuple(skip)):
             yield name, module
+
+
+def split_piece(name: str, pieces: Iterable[str], layers: Container[str]) -> tuple[str, str] | None:
+    """(layer, piece) when checkpoint tensor `name` is `<layer>.<piece>` for one of `layers` and `pieces`
+    (`model.layers.0.mlp.up_proj.weight.absmax` -> ("model.layers.0.mlp.up_proj", "weight.absmax")), else None."""
+    for piece in pieces:
+        layer = name[: -len(piece) - 1]
+        if name.endswith("." + piece) and layer in layers:
+            return layer, piece
+    return None
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:

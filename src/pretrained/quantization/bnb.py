@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from ..errors import CorruptCheckpointError, QuantizationError, QuantizationLibraryError
-from .base import DEFAULT_SKIP, QuantizationHandler, linear_layers, matches, replace_module
+from .base import DEFAULT_SKIP, QuantizationHandler, linear_layers, matches, replace_module, split_piece
 from .loading import release_pages, trim_memory
 
 logger = logging.getLogger("pretrained")
@@ -498,14 +498,8 @@ class BitsAndBytesHandler(QuantizationHandler):
         return state
 
     # -- loading -------------------------------------------------------------------------------
-    def _split(self, name: str) -> tuple[str, str] | None:
-        for piece in PIECES_8BIT if self.bits == 8 else PIECES_4BIT:
-            if name.endswith("." + piece) and name[: -len(piece) - 1] in self.layers:
-                return name[: -len(piece) - 1], piece
-        return None
-
     def load_tensor(self, model: nn.Module, name: str, tensor: torch.Tensor, device: torch.device) -> bool:
-        found = self._split(name)
+        found = split_piece(name, PIECES_8BIT if self.bits == 8 else PIECES_4BIT, self.layers)
         if found is None:
             return False
         layer_name, piece = found

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ..errors import CorruptCheckpointError, QuantizationError
-from .base import DEFAULT_SKIP, QuantizationHandler, linear_layers, replace_module
+from .base import DEFAULT_SKIP, QuantizationHandler, linear_layers, replace_module, split_piece
 from .loading import release_pages, trim_memory
 
 logger = logging.getLogger("pretrained")
@@ -299,14 +299,8 @@ class Fp8Handler(QuantizationHandler):
             self.layers[name] = Layer(linear, frozenset(expected))
         return targets
 
-    def _split(self, name: str) -> tuple[str, str] | None:
-        for piece in PIECES:
-            if name.endswith("." + piece) and name[: -len(piece) - 1] in self.layers:
-                return name[: -len(piece) - 1], piece
-        return None
-
     def load_tensor(self, model: nn.Module, name: str, tensor: torch.Tensor, device: torch.device) -> bool:
-        found = self._split(name)
+        found = split_piece(name, PIECES, self.layers)
         if found is None:
             return False
         layer_name, piece = found
