@@ -444,23 +444,9 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin, PushToHubMixin):
         if attn is not None:
             config._attn_implementation = check_implementation(attn)
 
-        if state_dict is not None:
-            reader = _StateDictReader(state_dict)
-        elif from_tf or from_flax:  # TensorFlow / Flax files, read without either framework (checkpoint/legacy.py)
-            reader = open_legacy(pretrained_model_name_or_path, config.model_type, from_tf=from_tf,
-                                 from_flax=from_flax, hub=hub)
-        else:
-            try:
-                files = find_checkpoint(pretrained_model_name_or_path, variant=variant, use_safetensors=use_safetensors, **hub)
-            except CheckpointNotFoundError as e:  # only TF or Flax weights there: those load (logged, see legacy.py)
-                reader = open_legacy_fallback(pretrained_model_name_or_path, config.model_type, hub) if (
-                    type(e) is CheckpointNotFoundError and not use_safetensors) else None
-                if reader is None:
-                    raise
-            else:
-                reader = CheckpointReader(files.files, files.format, files.weight_map or None, files.index_path)
-            if disable_mmap and isinstance(reader, CheckpointReader):
-                reader = _OwnedReader(reader)
+        reader = _open_reader(pretrained_model_name_or_path, config, hub, state_dict=state_dict, from_tf=from_tf,
+                              from_flax=from_flax, variant=variant, use_safetensors=use_safetensors,
+                              disable_mmap=disable_mmap)
         config_dtype = None if getattr(reader, "dtype_from_weights", False) else config.dtype  # 4.57's Flax configs
         dtype = resolve_dtype(requested_dtype, config_dtype, reader.first_floating_dtype())
         check_config_fits(config, reader)  # before building: a config that cannot match the weights fails at once
@@ -619,6 +605,27 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin, PushToHubMixin):
         self.save_pretrained(folder, max_shard_size=max_shard_size, safe_serialization=safe_serialization,
                              variant=variant)
         return weights_names(safe_serialization, variant)
+
+
+def _open_reader(source: Any, config: PretrainedConfig, hub: dict, *, state_dict: Any, from_tf: bool,
+                 from_flax: bool, variant: str | None, use_safetensors: bool | None, disable_mmap: bool) -> Any:
+    """What `from_pretrained` reads tensors from: a given state dict; TF / Flax files read without either framework
+    (`checkpoint/legacy.py`), asked for or found when a folder holds nothing else (logged there); else the
+    safetensors / pickle files (`disable_mmap`: read into memory of their own)."""
+    if state_dict is not None:
+        return _StateDictReader(state_dict)
+    if from_tf or from_flax:
+        return open_legacy(source, config.model_type, from_tf=from_tf, from_flax=from_flax, hub=hub)
+    try:
+        files = find_checkpoint(source, variant=variant, use_safetensors=use_safetensors, **hub)
+    except CheckpointNotFoundError as e:
+        reader = open_legacy_fallback(source, config.model_type, hub) if (
+            type(e) is CheckpointNotFoundError and not use_safetensors) else None
+        if reader is None:
+            raise
+        return reader
+    reader = CheckpointReader(files.files, files.format, files.weight_map or None, files.index_path)
+    return _OwnedReader(reader) if disable_mmap else reader
 
 
 def _find_generation_config(source: Any, hub: dict) -> GenerationConfig | None:
