@@ -31,10 +31,11 @@ class TorchAoConfig:
       embeddings stay float: they are lookups, not matmuls). A head tied to the input embeddings is untied.
     - `lm_head_bits`: 8 or 4 quantizes the output head with that many bits whatever the body uses (e.g. int4 body,
       int8 head: most of the head's speed at little cost in accuracy). Our own option.
-    - `symmetric`: int4 only. True (default): symmetric round-to-nearest, scale = absmax / 7.5. False: asymmetric
-      (an integer zero point per group, compressed-tensors' rule) with each group's range chosen among a few
-      shrinkings by least squared error, then its scale refitted: more accurate (per-layer cosine ~0.9955 against
-      ~0.9939 at group 128 on Gaussian weights), slower to load, saved with `weight_zero_point`. Our own option.
+    - `symmetric`: int4 only. True (default): w ~= q * scale, each group's scale (its sign included) chosen by
+      least squared error (per-layer cosine ~0.9952 at group 128 on Gaussian weights). False: asymmetric (an
+      integer zero point per group, compressed-tensors' rule) with each group's range chosen among a few shrinkings
+      by least squared error, then its scale refitted: ~0.9955, slower to load, saved with `weight_zero_point`
+      (which transformers 5 cannot load). Our own option.
     """
 
     quant_method = "torchao"

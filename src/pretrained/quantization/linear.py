@@ -1,9 +1,11 @@
 """One quantized Linear for every family: weight-only int8 (per output channel) or int4 (group-wise), symmetric,
 run on torch's own packed kernels.
 
-Numerics (the same as compressed-tensors' symmetric int quantization, so our saves and theirs mean the same):
-scale = absmax / 127.5 (int8, one per output row) or absmax / 7.5 (int4, one per row and group of `group_size`
-input columns), rounded to the compute dtype first; q = clamp(round(w / scale), -128..127 | -8..7); w ~= q * scale.
+Numerics (compressed-tensors' symmetric int format, so our saves and theirs mean the same: w ~= q * scale, q in
+-128..127 | -8..7, no zero point): int8 scale = absmax / 127.5, one per output row, rounded to the compute dtype
+first, q = clamp(round(w / scale)). int4 (one scale per row and group of `group_size` input columns) picks each
+group's scale by least squared error instead of absmax / 7.5, its sign turning the longer negative side of -8..7
+towards the group's extreme (`_best_symmetric`).
 
 Kernels (the activations are cast to the scales' dtype — bfloat16 by default — at the layer and the result cast
 back: the CPU kernels are 10-30x slower in float32):
@@ -35,11 +37,14 @@ def _scale(absmax: torch.Tensor, top: float, dtype: torch.dtype) -> torch.Tensor
 
 
 def _rounded(weight: torch.Tensor, bits: int, group_size: int | None, dtype: torch.dtype,
-             symmetric: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(q as float32 [N, K], already rounded and clamped; scale [N, G] in `dtype`; integer zero point [N, G] as
-    float32, or None when symmetric), computed in place on one float32 copy of the weight (a bf16 weight is exact
-    in float32). Asymmetric (int4 only, compressed-tensors' rule): the range [min(w, 0), max(w, 0)] over 16 levels,
-    zp = clamp(round(-8 - min / scale), -8, 7), q = clamp(round(w / scale + zp), -8, 7), w ~= (q - zp) * scale."""
+             symmetric: bool = True, offset: int = 0, out_dtype: torch.dtype = torch.int8
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(q + offset as `out_dtype` [N, K]; scale [N, G] in `dtype`; integer zero point [N, G] as float32, or None
+    when symmetric). Asymmetric (int4 only, compressed-tensors' rule): the range [min(w, 0), max(w, 0)] over 16
+    levels, zp = clamp(round(-8 - min / scale), -8, 7), q = clamp(round(w / scale + zp), -8, 7), w ~= (q - zp) *
+    scale. Worked in blocks of rows of about BLOCK_ELEMENTS float32 values (a bf16 weight is exact in float32): the
+    temporaries stay in cache and come from the heap instead of fresh pages (a whole-tensor float32 copy costs ~10x
+    its arithmetic in page faults)."""
     n, k = weight.shape
     if bits == 8:
         groups, top, low, high = 1, 127.5, -128, 127
@@ -47,25 +52,63 @@ def _rounded(weight: torch.Tensor, bits: int, group_size: int | None, dtype: tor
         groups, top, low, high = k // group_size, 7.5, -8, 7
     else:
         raise QuantizationError(f"bits={bits} is not supported; use 8 or 4.")
-    w = weight.detach().to(torch.float32, copy=True).view(n, groups, k // groups)
-    smallest, largest = torch.aminmax(w, dim=-1)
-    if symmetric:
-        scale = _scale(torch.maximum(-smallest, largest), top, dtype)
-        w.div_(scale.float().unsqueeze(-1)).round_().clamp_(low, high)
-        return w.view(n, k), scale, None
-    if bits != 4:
+    if not symmetric and bits != 4:
         raise QuantizationError("Asymmetric quantization is for int4 only; int8 is symmetric per channel.")
+    weight = weight.detach()
+    q = torch.empty(n, k, dtype=out_dtype)
     scale = torch.empty(n, groups, dtype=dtype)
-    zero = torch.empty(n, groups)
-    for start in range(0, n, ASYMMETRIC_ROWS):  # row blocks bound the candidates' memory
-        rows = slice(start, start + ASYMMETRIC_ROWS)
-        w[rows], scale[rows], zero[rows] = _best_range(w[rows], smallest[rows], largest[rows], dtype)
-    return w.view(n, k), scale, zero
+    zero = None if symmetric else torch.empty(n, groups)
+    step = max(1, BLOCK_ELEMENTS // k)
+    for start in range(0, n, step):
+        rows = slice(start, start + step)
+        w = weight[rows].to(torch.float32, copy=True).view(-1, groups, k // groups)
+        smallest, largest = w.amin(-1), w.amax(-1)
+        if symmetric and bits == 8:
+            scale[rows] = block_scale = _scale(torch.maximum(-smallest, largest), top, dtype)
+            block = w.div_(block_scale.float().unsqueeze(-1)).round_().clamp_(low, high)
+        elif symmetric:
+            block, scale[rows] = _best_symmetric(w, smallest, largest, dtype)
+        else:
+            block, scale[rows], zero[rows] = _best_range(w, smallest, largest, dtype)
+        q[rows] = block.view(-1, k).add_(offset) if offset else block.view(-1, k)
+    return q, scale, zero
 
 
-ASYMMETRIC_ROWS = 512
+BLOCK_ELEMENTS = 1 << 18
 CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85)  # candidate shrinkings of a group's range; the least squared error wins
 REFINE_STEPS = 2  # then this many rounds of (least-squares scale for the chosen integers, re-round)
+
+
+SYMMETRIC_DIVISORS = (8.0, 8.5, 9.0)  # candidate scales absmax / d of a symmetric int4 group; least squared error wins
+
+
+def _best_symmetric(w: torch.Tensor, smallest: torch.Tensor, largest: torch.Tensor,
+                    dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int4 (no zero point: w ~= q * scale) for rows [R, G, g]. The 16 levels -8..7 are one step longer
+    on the negative side; each group turns that side towards its largest magnitude by the sign of its scale (a group
+    whose extreme is positive gets a negative scale, so the extreme lands on -8 rather than being clipped at 7).
+    Scales absmax / d for d in SYMMETRIC_DIVISORS (d > 8 clips the few largest weights for finer steps) are tried and
+    the least squared error kept; then the scale is refitted by least squares for the chosen integers and the weights
+    re-rounded once. On Gaussian weights at group 128 this gives a per-layer output cosine of ~0.9953 against 0.9939
+    for absmax / 7.5 (the level set is the same; only the scale differs, so the format and kernels are unchanged)."""
+    flip = torch.where(largest > -smallest, -1.0, 1.0)
+    absmax = torch.maximum(-smallest, largest)
+    best_scale = best_error = None
+    for divisor in SYMMETRIC_DIVISORS:
+        scale = _scale(absmax / divisor, 1.0, dtype) * flip.to(dtype)
+        s = scale.float().unsqueeze(-1)
+        r = w / s
+        error = r.sub_(r.round().clamp_(-8, 7)).square_().sum(-1).mul_(s.squeeze(-1).square())
+        if best_scale is None:
+            best_scale, best_error = scale, error
+            continue
+        better = error < best_error
+        best_scale = torch.where(better, scale, best_scale)
+        best_error = torch.minimum(error, best_error)
+    best = (w / best_scale.float().unsqueeze(-1)).round_().clamp_(-8, 7)
+    fitted = ((w * best).sum(-1) / (best * best).sum(-1).clamp(min=1e-30)).to(dtype)
+    best_scale = torch.where(fitted * flip > 0, fitted, best_scale)  # keep the sign; an all-zero group keeps its 1
+    return (w / best_scale.float().unsqueeze(-1)).round_().clamp_(-8, 7), best_scale
 
 
 def _best_range(w: torch.Tensor, smallest: torch.Tensor, largest: torch.Tensor,
@@ -103,14 +146,14 @@ def quantize_weight(weight: torch.Tensor, bits: int, group_size: int | None,
     """Float weight [N, K] -> (q int8 [N, K], scale [N, G] in `dtype`); G = 1 for int8 per channel, K / group_size
     for int4."""
     q, scale, _ = _rounded(weight, bits, group_size, dtype)
-    return q.to(torch.int8), scale
+    return q, scale
 
 
 def quantize_weight_asymmetric(weight: torch.Tensor, group_size: int, dtype: torch.dtype = DEFAULT_COMPUTE_DTYPE
                                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Float weight [N, K] -> (q int8, scale [N, K / group_size], zero point int8 [N, K / group_size]), int4."""
     q, scale, zero = _rounded(weight, 4, group_size, dtype, symmetric=False)
-    return q.to(torch.int8), scale, zero.to(torch.int8)
+    return q, scale, zero.to(torch.int8)
 
 
 def dequantize_int(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype,
@@ -255,12 +298,13 @@ class QuantizedLinear(nn.Module):
             raise QuantizationError(f"Layer '{self.name}': weight of shape {list(weight.shape)}, expected "
                                     f"{[self.out_features, self.in_features]}.")
         device = torch.device(device) if device is not None else weight.device
-        q, scale, zero = _rounded(weight, self.bits, self.group_size, self.compute_dtype, self.symmetric)
-        if self.bits == 4 and device.type == "cpu":  # straight from the rounded floats to the packed layout
-            self._install(torch._convert_weight_to_int4pack_for_cpu(q.add_(8).to(torch.int32), 2), scale, device,
-                          zero)
+        if self.bits == 4 and device.type == "cpu":  # straight to the packer's input, q + 8 as int32
+            u, scale, zero = _rounded(weight, 4, self.group_size, self.compute_dtype, self.symmetric, offset=8,
+                                      out_dtype=torch.int32)
+            self._install(torch._convert_weight_to_int4pack_for_cpu(u, 2), scale, device, zero)
         else:
-            self.set_quantized(q.to(torch.int8), scale, device, zero)
+            q, scale, zero = _rounded(weight, self.bits, self.group_size, self.compute_dtype, self.symmetric)
+            self.set_quantized(q, scale, device, zero)
 
     def set_quantized(self, q: torch.Tensor, scale: torch.Tensor, device: torch.device | str,
                       zero: torch.Tensor | None = None) -> None:
