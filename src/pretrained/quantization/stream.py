@@ -57,12 +57,101 @@ def _model_class(config: Any) -> type:
     return found[0]
 
 
+class _Outputs:
+    """The destination's tensors: output name -> (source name, how to make it from the source tensor or None to copy
+    it, bytes). A quantized layer's pieces are made together, once, from its source weight."""
+
+    def __init__(self, layers: dict[str, Any]) -> None:
+        self.layers = layers
+        self.entries: dict[str, tuple[str, Callable[[torch.Tensor], torch.Tensor] | None, int]] = {}
+        self.made: dict[str, dict[str, torch.Tensor]] = {}  # one layer's pieces, until each is taken
+
+    def copy(self, name: str, src: str, nbytes: int) -> None:
+        self.entries[name] = (src, None, nbytes)
+
+    def add_layer(self, layer: str, src: str) -> None:
+        module = self.layers[layer]
+        n, k = module.out_features, module.in_features
+        groups = 1 if module.bits == 8 else k // module.group_size
+        sizes = {"weight_packed": n * math.ceil(k * module.bits / 32) * 4, "weight_scale": n * groups * 2,
+                 "weight_shape": 16}
+        if not module.symmetric:
+            sizes["weight_zero_point"] = math.ceil(n / 8) * groups * 4
+        for leaf, nbytes in sizes.items():
+            self.entries[f"{layer}.{leaf}"] = (src, self._maker(layer, leaf), nbytes)
+
+    def _maker(self, layer: str, leaf: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        def make(weight: torch.Tensor) -> torch.Tensor:
+            if layer not in self.made:
+                self.made[layer] = _compress(self.layers[layer], weight)
+            return self.made[layer].pop(leaf)
+        return make
+
+
+def _compress(module: Any, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A float weight -> its compressed-tensors pack-quantized pieces for `module`'s scheme."""
+    w = weight.t() if module.transposed else weight
+    if module.symmetric:
+        q, scale = quantize_weight(w, module.bits, module.group_size, module.compute_dtype)
+    else:
+        q, scale, zero = quantize_weight_asymmetric(w, module.group_size, module.compute_dtype)
+    out = {"weight_packed": pack_int32(q, module.bits), "weight_scale": scale,
+           "weight_shape": torch.tensor([module.out_features, module.in_features])}
+    if not module.symmetric:  # packed along the output dimension
+        out["weight_zero_point"] = pack_int32(zero.t().contiguous(), 4).t().contiguous()
+    return out
+
+
+def _plan_outputs(source: str, model: Any, reader: CheckpointReader, handler: TorchAoHandler) -> _Outputs:
+    from ..modeling.loading import key_mapper
+
+    outputs = _Outputs(dict(handler.pending))
+    to_model = key_mapper(model, list(reader.infos), set(model.state_dict()))
+    table = model.get_input_embeddings() if handler.from_embeddings else None
+    embedding = next((f"{n}.weight" for n, m in model.named_modules() if m is table), None)
+    for src, info in reader.infos.items():
+        name = to_model(src)
+        layer, _, leaf = name.rpartition(".")
+        if layer in outputs.layers and leaf == "weight":
+            outputs.add_layer(layer, src)
+        else:
+            outputs.copy(name, src, info.nbytes)
+        if handler.from_embeddings and name == embedding:
+            outputs.add_layer(handler.from_embeddings, src)  # an untied head quantized from the embedding table
+    missing = [n for n in outputs.layers if f"{n}.weight_packed" not in outputs.entries]
+    if missing:
+        raise QuantizationError(f"The checkpoint '{source}' lacks the weights of {', '.join(missing[:5])}; nothing "
+                                "was written.")
+    return outputs
+
+
+def _write_shards(save: AtomicSave, reader: CheckpointReader, outputs: _Outputs, plan: list[list[str]],
+                  filenames: list[str]) -> int:
+    """Each shard's tensors made from their sources, one source tensor in memory at a time; returns bytes written."""
+    entries = outputs.entries
+    written = 0
+    for names, filename in zip(plan, filenames):
+        shard: dict[str, torch.Tensor] = {}
+        for src, tensor in reader.iter_tensors({entries[n][0] for n in names}):
+            mine = [n for n in names if entries[n][0] == src]
+            for n in mine:
+                make = entries[n][1]
+                shard[n] = make(tensor) if make else tensor
+            if any(entries[n][1] for n in mine):
+                release_pages(tensor)
+        ordered = {n: shard[n].contiguous() for n in names}
+        written += sum(t.nbytes for t in ordered.values())
+        write_safetensors(save.path(filename), ordered, {"format": "pt"})
+        save.finished(filename)
+        del shard, ordered
+    return written
+
+
 def quantize_checkpoint(source: str | os.PathLike, destination: str | os.PathLike, *, bits: int = 4,
                         group_size: int = 128, modules_to_not_convert: list[str] | None = None,
                         lm_head_bits: int | None = None, symmetric: bool = True,
                         max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE) -> QuantizeReport:
     from ..auto import AutoConfig
-    from ..modeling.loading import key_mapper
 
     source, destination = os.fspath(source), os.fspath(destination)
     if os.path.isfile(destination):
@@ -82,78 +171,15 @@ def quantize_checkpoint(source: str | os.PathLike, destination: str | os.PathLik
     handler = TorchAoHandler(quant)
     handler.prepare(model)  # every layer's shape is checked here, before anything is written
     compressed = compressed_config(model)  # refuses layers with no compressed-tensors form
-    layers = dict(handler.pending)
-    to_model = key_mapper(model, list(reader.infos), set(model.state_dict()))
+    outputs = _plan_outputs(source, model, reader, handler)
 
-    # output name -> (source name, how to make it, bytes)
-    outputs: dict[str, tuple[str, Callable[[torch.Tensor], torch.Tensor] | None, int]] = {}
-    made: dict[str, dict[str, torch.Tensor]] = {}  # one layer's outputs, made once from its source
-
-    def maker(layer: str, leaf: str) -> Callable[[torch.Tensor], torch.Tensor]:
-        def make(weight: torch.Tensor) -> torch.Tensor:
-            if layer not in made:
-                module = layers[layer]
-                w = weight.t() if module.transposed else weight
-                if module.symmetric:
-                    q, scale = quantize_weight(w, module.bits, module.group_size, module.compute_dtype)
-                else:
-                    q, scale, zero = quantize_weight_asymmetric(w, module.group_size, module.compute_dtype)
-                made[layer] = {"weight_packed": pack_int32(q, module.bits), "weight_scale": scale,
-                               "weight_shape": torch.tensor([module.out_features, module.in_features])}
-                if not module.symmetric:  # packed along the output dimension
-                    made[layer]["weight_zero_point"] = pack_int32(zero.t().contiguous(), 4).t().contiguous()
-            return made[layer].pop(leaf)
-        return make
-
-    def add_layer(layer: str, src: str) -> None:
-        module = layers[layer]
-        n, k = module.out_features, module.in_features
-        groups = 1 if module.bits == 8 else k // module.group_size
-        outputs[f"{layer}.weight_packed"] = (src, maker(layer, "weight_packed"),
-                                             n * math.ceil(k * module.bits / 32) * 4)
-        outputs[f"{layer}.weight_scale"] = (src, maker(layer, "weight_scale"), n * groups * 2)
-        outputs[f"{layer}.weight_shape"] = (src, maker(layer, "weight_shape"), 16)
-        if not module.symmetric:
-            outputs[f"{layer}.weight_zero_point"] = (src, maker(layer, "weight_zero_point"),
-                                                     math.ceil(n / 8) * groups * 4)
-
-    table = model.get_input_embeddings() if handler.from_embeddings else None
-    embedding = next((f"{n}.weight" for n, m in model.named_modules() if m is table), None)
-    for src, info in reader.infos.items():
-        name = to_model(src)
-        layer, _, leaf = name.rpartition(".")
-        if layer in layers and leaf == "weight":
-            add_layer(layer, src)
-        else:
-            outputs[name] = (src, None, info.nbytes)
-        if handler.from_embeddings and name == embedding:
-            add_layer(handler.from_embeddings, src)  # an untied head quantized from the embedding table
-    missing = [n for n in layers if f"{n}.weight_packed" not in outputs]
-    if missing:
-        raise QuantizationError(f"The checkpoint '{source}' lacks the weights of {', '.join(missing[:5])}; nothing "
-                                "was written.")
-
-    plan = plan_shards([Entry(n, size, outputs[n][0]) for n, (_, _, size) in outputs.items()], max_shard_size)
+    entries = outputs.entries
+    plan = plan_shards([Entry(n, size, entries[n][0]) for n, (_, _, size) in entries.items()], max_shard_size)
     filenames = shard_filenames(len(plan), SAFE_WEIGHTS)
-    written = 0
     with AtomicSave(destination) as save:
-        for names, filename in zip(plan, filenames):
-            sources = {outputs[n][0] for n in names}
-            shard: dict[str, torch.Tensor] = {}
-            for src, tensor in reader.iter_tensors(sources):
-                for n in names:
-                    if outputs[n][0] == src:
-                        make = outputs[n][1]
-                        shard[n] = make(tensor) if make else tensor
-                if any(outputs[n][1] for n in names if outputs[n][0] == src):
-                    release_pages(tensor)
-            ordered = {n: shard[n].contiguous() for n in names}
-            written += sum(t.nbytes for t in ordered.values())
-            write_safetensors(save.path(filename), ordered, {"format": "pt"})
-            save.finished(filename)
-            del shard, ordered
+        written = _write_shards(save, reader, outputs, plan, filenames)
         if len(plan) > 1:
-            params = sum(math.prod(reader.infos[outputs[n][0]].shape) for n in outputs)
+            params = sum(math.prod(reader.infos[entries[n][0]].shape) for n in entries)
             save.write_text(SAFE_INDEX, json.dumps(build_index(plan, filenames, written, params), indent=2) + "\n")
         config_dict = json.loads(config.to_json_string())
         config_dict["quantization_config"] = compressed
@@ -169,5 +195,5 @@ def quantize_checkpoint(source: str | os.PathLike, destination: str | os.PathLik
         stale = [n for n in list_files(destination)
                  if (is_shard_of(n, SAFE_WEIGHTS) or n == SAFE_INDEX) and n not in filenames]
         save.commit(remove=stale)
-    return QuantizeReport(len(layers), len(outputs), sum(i.nbytes for i in reader.infos.values()), written,
+    return QuantizeReport(len(outputs.layers), len(entries), sum(i.nbytes for i in reader.infos.values()), written,
                           filenames)
