@@ -437,6 +437,34 @@ def _decode(decoder: _Decoder, ids, processors, sample: bool, eos: list[int], pa
     return ids
 
 
+NEG = -1.0e9  # the score of a slot that must not be chosen
+
+
+def _gather(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """t[b, idx[b, j], ...] for a [batch, slots, ...] tensor and [batch, picks] indices."""
+    idx = idx.view(*idx.shape, *([1] * (t.dim() - idx.dim()))).expand(*idx.shape, *t.shape[idx.dim():])
+    return t.gather(1, idx)
+
+
+class _Beams:
+    """One set of `beams` hypotheses per batch row: tokens [batch, beams, max_length], scores, generated lengths and,
+    when recorded, the flat beam row each generated token came from (-1 where nothing was generated)."""
+
+    def __init__(self, tokens: torch.Tensor, scores: torch.Tensor, lengths: torch.Tensor,
+                 origins: torch.Tensor | None) -> None:
+        self.tokens, self.scores, self.lengths, self.origins = tokens, scores, lengths, origins
+
+    def pick(self, idx: torch.Tensor) -> "_Beams":
+        return _Beams(_gather(self.tokens, idx), _gather(self.scores, idx), _gather(self.lengths, idx),
+                      None if self.origins is None else _gather(self.origins, idx))
+
+    def joined(self, other: "_Beams", scores: torch.Tensor) -> "_Beams":
+        """Both sets side by side, with `scores` for the whole."""
+        origins = None if self.origins is None else torch.cat([self.origins, other.origins], dim=1)
+        return _Beams(torch.cat([self.tokens, other.tokens], dim=1), scores,
+                      torch.cat([self.lengths, other.lengths], dim=1), origins)
+
+
 def _beam_search(decoder: _Decoder, ids, processors, config: GenerationConfig, eos: list[int], pad,
                  max_length: int, batch: int, beams: int, sample: bool, generator,
                  stop_strings: _StopStrings | None = None, record: _Record | None = None) -> torch.LongTensor:
@@ -455,91 +483,79 @@ def _beam_search(decoder: _Decoder, ids, processors, config: GenerationConfig, e
     keep = max(2, 1 + len(eos)) * beams
     fill = (pad or eos[0]) if eos else -1  # the reference's fill value, pad 0 included
     eos_t = torch.tensor(eos, device=device, dtype=torch.long)
-    NEG = -1.0e9
 
-    running = torch.full((batch, beams, max_length), fill, dtype=torch.long, device=device)
-    running[:, :, :prompt] = ids.view(batch, beams, prompt)
-    finished = running.clone()
-    running_scores = torch.zeros(batch, beams, device=device)
-    running_scores[:, 1:] = NEG
-    finished_scores = torch.full((batch, beams), NEG, device=device)
+    tokens = torch.full((batch, beams, max_length), fill, dtype=torch.long, device=device)
+    tokens[:, :, :prompt] = ids.view(batch, beams, prompt)
+    origins = None  # the reference's beam_indices: int32, -1 where nothing was generated
+    if record is not None:
+        origins = torch.full((batch, beams, max_length - prompt), -1, dtype=torch.int32, device=device)
+    lengths = torch.zeros(batch, beams, dtype=torch.long, device=device)  # tokens generated per beam
+    running = _Beams(tokens, torch.zeros(batch, beams, device=device), lengths, origins)
+    running.scores[:, 1:] = NEG
+    finished = _Beams(tokens.clone(), torch.full((batch, beams), NEG, device=device), lengths.clone(),
+                      None if origins is None else origins.clone())
     done = torch.zeros(batch, beams, dtype=torch.bool, device=device)
     improvable = torch.ones(batch, 1, dtype=torch.bool, device=device)
-    running_len = torch.zeros(batch, beams, dtype=torch.long, device=device)  # tokens generated per beam
-    finished_len = torch.zeros(batch, beams, dtype=torch.long, device=device)
     top_mask = torch.arange(keep, device=device) < beams
     row_offset = torch.arange(batch, device=device)[:, None] * beams
-    if record is not None:  # the reference's beam_indices: int32, -1 where nothing was generated
-        running_from = torch.full((batch, beams, max_length - prompt), -1, dtype=torch.int32, device=device)
-        finished_from = running_from.clone()
-
-    def gather(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        idx = idx.view(*idx.shape, *([1] * (t.dim() - idx.dim()))).expand(*idx.shape, *t.shape[idx.dim():])
-        return t.gather(1, idx)
 
     cur = prompt
     while True:
-        flat = running[:, :, :cur].reshape(batch * beams, cur)
+        flat = running.tokens[:, :, :cur].reshape(batch * beams, cur)
         logits = decoder(flat)
         log_probs = lp.apply(processors, flat, logits.log_softmax(dim=-1))
         if record is not None:
             record.add(decoder, logits, log_probs)
         V = log_probs.shape[-1]
-        total = (log_probs.view(batch, beams, V) + running_scores[:, :, None]).view(batch, beams * V)
+        total = (log_probs.view(batch, beams, V) + running.scores[:, :, None]).view(batch, beams * V)
         if sample:
             picked = torch.multinomial(total.softmax(dim=-1), keep, generator=generator)
             top_scores = total.gather(1, picked)
         else:
             top_scores, picked = torch.topk(total, keep)
         from_beam, token = picked // V, picked % V
-        cand = gather(running, from_beam)
-        cand[:, :, cur] = token
-        cand_len = gather(running_len, from_beam) + 1
+        cand = running.pick(from_beam)
+        cand.tokens[:, :, cur] = token
+        cand.lengths = cand.lengths + 1
+        cand.scores = top_scores
+        if cand.origins is not None:
+            cand.origins[:, :, cur - prompt] = (from_beam + row_offset).to(torch.int32)
         stops = torch.zeros_like(token, dtype=torch.bool) if not eos else torch.isin(token, eos_t)
         stops |= cur + 1 >= max_length
         if stop_strings is not None:
-            texts = cand[:, :, :cur + 1].reshape(batch * keep, cur + 1)
+            texts = cand.tokens[:, :, :cur + 1].reshape(batch * keep, cur + 1)
             stops |= stop_strings(texts, torch.ones(batch * keep, dtype=torch.bool, device=device)).view(batch, keep)
-        if record is not None:
-            cand_from = gather(running_from, from_beam)
-            cand_from[:, :, cur - prompt] = (from_beam + row_offset).to(torch.int32)
 
         # the next running beams: the best candidates that did not just stop
         alive = top_scores + stops.float() * NEG
         nxt = torch.topk(alive, beams).indices
-        running, running_scores = gather(cand, nxt), gather(alive, nxt)
-        running_len = gather(cand_len, nxt)
-        rows = (gather(from_beam, nxt) + row_offset).view(-1)
-        if record is not None:
-            running_from = gather(cand_from, nxt)
+        running = cand.pick(nxt)
+        running.scores = _gather(alive, nxt)
+        rows = (_gather(from_beam, nxt) + row_offset).view(-1)
 
         # finished hypotheses: merge those that just stopped (among the top `beams`) into the kept ones
         just = stops & top_mask[None, :]
         scored = top_scores / ((cur + 1 - prompt) ** length_penalty)
         full = done.all(dim=-1, keepdim=True) & (early_stopping is True)
         scored = scored + full.float() * NEG + (~improvable).float() * NEG + (~just).float() * NEG
-        merged_scores = torch.cat([finished_scores, scored], dim=1)
+        merged_scores = torch.cat([finished.scores, scored], dim=1)
         best = torch.topk(merged_scores, beams).indices
-        finished = gather(torch.cat([finished, cand], dim=1), best)
-        finished_scores = gather(merged_scores, best)
-        finished_len = gather(torch.cat([finished_len, cand_len], dim=1), best)
-        done = gather(torch.cat([done, just], dim=1), best)
-        if record is not None:
-            finished_from = gather(torch.cat([finished_from, cand_from], dim=1), best)
+        finished = finished.joined(cand, merged_scores).pick(best)
+        done = _gather(torch.cat([done, just], dim=1), best)
 
         decoder.reorder(rows)
         cur += 1
         length = (max_length - prompt) if early_stopping == "never" and length_penalty > 0.0 else (cur - prompt)
-        best_running = running_scores[:, :1] / (length ** length_penalty)
-        worst_done = torch.where(done, finished_scores.min(dim=1, keepdim=True).values, NEG)
+        best_running = running.scores[:, :1] / (length ** length_penalty)
+        worst_done = torch.where(done, finished.scores.min(dim=1, keepdim=True).values, NEG)
         improvable = improvable & (best_running > worst_done).any(dim=-1, keepdim=True)
         if not (bool(improvable.any()) and not (bool(done.all()) and early_stopping is True)
                 and not bool(stops.all())):
             break
 
-    generated = int(finished_len[:, :returned].max())
+    generated = int(finished.lengths[:, :returned].max())
     if record is not None:
-        record.sequences_scores = finished_scores[:, :returned].reshape(batch * returned)
-        record.beam_indices = finished_from[:, :returned].reshape(batch * returned, -1)[:, :generated]
-    out = finished[:, :returned].reshape(batch * returned, max_length)
+        record.sequences_scores = finished.scores[:, :returned].reshape(batch * returned)
+        record.beam_indices = finished.origins[:, :returned].reshape(batch * returned, -1)[:, :generated]
+    out = finished.tokens[:, :returned].reshape(batch * returned, max_length)
     return out[:, :prompt + generated]
