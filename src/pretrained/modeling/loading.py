@@ -95,7 +95,38 @@ def load_into(
         targets.update(quantizer.checkpoint_targets(model))
     to_model = key_mapper(model, list(reader.infos), set(targets))
     info = LoadingInfo()
-    wanted: dict[str, str] = {}  # checkpoint name -> model name
+    wanted, mismatches = _match(model, reader, targets, to_model, info)
+    config_file = _config_file(model)
+    if mismatches and not ignore_mismatched_sizes:
+        lines = "\n".join(f"  - '{n}' in '{p}': checkpoint {list(c)}, model {list(m)}" for n, c, m, p in mismatches)
+        raise ShapeMismatchError(
+            f"{len(mismatches)} tensor(s) in the checkpoint do not fit the model:\n{lines}\nCheck that the config "
+            f"({config_file}) matches the checkpoint, or pass ignore_mismatched_sizes=True to initialise those "
+            "weights afresh."
+        )
+    _check_coverage(model, reader, targets, set(wanted.values()) | {n for n, _, _, _ in mismatches}, config_file)
+    info.mismatched_keys = [(n, c, m) for n, c, m, _ in mismatches]
+    _stream_into(model, reader, wanted, targets, where, disk, quantizer)
+    loaded = set(wanted.values())
+    if quantizer is not None:
+        quantizer.finish(model, loaded)
+    model._untied_weights = _untied_by_checkpoint(model, loaded)
+    model.tie_weights()
+    tied = {t for t, s in model.active_ties().items() if s in loaded}
+    mismatched = {n for n, _, _ in info.mismatched_keys}  # in the checkpoint, reported as mismatched, not missing
+    info.missing_keys = sorted(set(targets) - loaded - tied - mismatched)
+    _check_damaged_names(reader, info, targets, to_model)
+    _log_report(model, reader, info)
+    _make_the_rest(model, where)
+    return info
+
+
+def _match(model: nn.Module, reader: CheckpointReader, targets: dict[str, torch.Tensor],
+           to_model: Callable[[str], str], info: LoadingInfo) -> tuple[dict[str, str], list[tuple]]:
+    """Pair checkpoint tensors with the model's: (checkpoint name -> model name for those that fit, [(model name,
+    checkpoint shape, model shape, file)] for those whose shape does not). Unexpected names go to `info`; a tensor
+    of the wrong kind of number (integer for float or the reverse) is refused, all of them in one error."""
+    wanted: dict[str, str] = {}
     mismatches = []
     kinds: list[tuple[str, Any, torch.dtype]] = []
     leftovers = [re.compile(p) for p in model.facts.ignore_unexpected]
@@ -122,16 +153,14 @@ def load_into(
             f"integer):\n{lines}\nThe checkpoint is damaged or holds another kind of data (e.g. quantized "
             "weights); re-download or re-save it."
         )
-    config_file = _config_file(model)
-    if mismatches and not ignore_mismatched_sizes:
-        lines = "\n".join(f"  - '{n}' in '{p}': checkpoint {list(c)}, model {list(m)}" for n, c, m, p in mismatches)
-        raise ShapeMismatchError(
-            f"{len(mismatches)} tensor(s) in the checkpoint do not fit the model:\n{lines}\nCheck that the config "
-            f"({config_file}) matches the checkpoint, or pass ignore_mismatched_sizes=True to initialise those "
-            "weights afresh."
-        )
-    _check_coverage(model, reader, targets, set(wanted.values()) | {n for n, _, _, _ in mismatches}, config_file)
-    info.mismatched_keys = [(n, c, m) for n, c, m, _ in mismatches]
+    return wanted, mismatches
+
+
+def _stream_into(model: nn.Module, reader: CheckpointReader, wanted: dict[str, str],
+                 targets: dict[str, torch.Tensor], where: Callable[[str], Any], disk: DiskStore | None,
+                 quantizer: Any) -> None:
+    """Read the wanted tensors once each, in file order, into their places (a quantizer takes the ones it wants);
+    disk tensors already in the model's dtype become views of the checkpoint file instead."""
     convert = {c: targets[n].dtype for c, n in wanted.items()  # floating tensors whose dtype changes
                if targets[n].is_floating_point() and reader.infos[c].dtype.is_floating_point
                and reader.infos[c].dtype != targets[n].dtype}
@@ -150,27 +179,21 @@ def load_into(
         else:
             value = tensor.to(device=place, dtype=target.dtype if target.is_floating_point() else None)
         _set_tensor(model, name, value)
-    loaded = set(wanted.values())
-    if quantizer is not None:
-        quantizer.finish(model, loaded)
-    model._untied_weights = _untied_by_checkpoint(model, loaded)
-    model.tie_weights()
-    tied = {t for t, s in model.active_ties().items() if s in loaded}
-    mismatched = {n for n, _, _ in info.mismatched_keys}  # in the checkpoint, reported as mismatched, not missing
-    info.missing_keys = sorted(set(targets) - loaded - tied - mismatched)
-    _check_damaged_names(reader, info, targets, to_model)
-    _log_report(model, reader, info)
+
+
+def _make_the_rest(model: nn.Module, where: Callable[[str], Any]) -> None:
+    """Initialise what the checkpoint did not fill and move computed buffers (rotary frequencies, made on the CPU)
+    to the device their module was placed on (the CPU for disk-offloaded modules)."""
     def memory_device(name: str) -> torch.device:  # where a tensor made here (init, computed buffer) lives
         place = where(name)
         return torch.device("cpu") if place == "disk" else place
 
     initialise_meta(model, memory_device)
-    for module_name, module in model.named_modules():  # computed buffers (rotary frequencies) were made on the CPU
+    for module_name, module in model.named_modules():
         for name, buf in module.named_buffers(recurse=False):
             target = memory_device(f"{module_name}.{name}" if module_name else name)
             if buf is not None and buf.device != target:
                 module._buffers[name] = buf.to(target)
-    return info
 
 
 def _config_file(model: nn.Module) -> str:
