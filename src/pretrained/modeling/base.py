@@ -418,72 +418,35 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin, PushToHubMixin):
             raise ValueError("weights_only=False would unpickle arbitrary code; pretrained only loads weights safely.")
         if model_args:
             raise TypeError("Positional model arguments are not supported; pass a config instead.")
-        output_loading_info = kwargs.pop("output_loading_info", False)
-        requested_dtype = kwargs.pop("dtype", None)
-        legacy_dtype = kwargs.pop("torch_dtype", None)
-        requested_dtype = requested_dtype if requested_dtype is not None else legacy_dtype
-        device_map = kwargs.pop("device_map", None)
-        max_memory = kwargs.pop("max_memory", None)
-        offload_folder = kwargs.pop("offload_folder", None)
-        offload_buffers = kwargs.pop("offload_buffers", False)
-        disable_mmap = bool(kwargs.pop("disable_mmap", None))
-        kwargs.pop("offload_state_dict", None)  # moot: weights stream one tensor at a time, never a second copy
-        attn = kwargs.pop("attn_implementation", None)
-        variant = kwargs.pop("variant", None)
-        state_dict = kwargs.pop("state_dict", None)
-        from_tf, from_flax = bool(kwargs.pop("from_tf", False)), bool(kwargs.pop("from_flax", False))  # legacy.py
-        kwargs.pop("low_cpu_mem_usage", None)  # always low: the model is built on the meta device
-        kwargs.pop("name_or_path", None)  # the reference's Auto classes pass these two to a custom class
-        tp_args = {k: kwargs.pop(k, None) for k in ("tp_plan", "tp_size", "distributed_config")}  # distributed/
-        quantization_config = kwargs.pop("quantization_config", None)
-        if "_adapter_model_path" in (kwargs.pop("adapter_kwargs", None) or {}):
-            raise ValueError("This checkpoint is a PEFT adapter; load its base model and apply the adapter with peft.")
+        opts = _LoadOptions.pop_from(kwargs)
         hub = pop_hub_kwargs(kwargs)
 
         config = cls._resolve_config(pretrained_model_name_or_path, config, hub, kwargs)
-        if attn is not None:
-            config._attn_implementation = check_implementation(attn)
+        if opts.attn is not None:
+            config._attn_implementation = check_implementation(opts.attn)
 
-        reader = _open_reader(pretrained_model_name_or_path, config, hub, state_dict=state_dict, from_tf=from_tf,
-                              from_flax=from_flax, variant=variant, use_safetensors=use_safetensors,
-                              disable_mmap=disable_mmap)
+        reader = _open_reader(pretrained_model_name_or_path, config, hub, state_dict=opts.state_dict,
+                              from_tf=opts.from_tf, from_flax=opts.from_flax, variant=opts.variant,
+                              use_safetensors=use_safetensors, disable_mmap=opts.disable_mmap)
         config_dtype = None if getattr(reader, "dtype_from_weights", False) else config.dtype  # 4.57's Flax configs
-        dtype = resolve_dtype(requested_dtype, config_dtype, reader.first_floating_dtype())
+        dtype = resolve_dtype(opts.dtype, config_dtype, reader.first_floating_dtype())
         check_config_fits(config, reader)  # before building: a config that cannot match the weights fails at once
         model = cls._skeleton(config, dtype)
         from ..quantization.loading import handler_for_load
 
-        quantizer = handler_for_load(config, quantization_config)  # quantization/base.py says what a handler does
+        quantizer = handler_for_load(config, opts.quantization_config)  # quantization/base.py: what a handler does
         if quantizer is not None:
             quantizer.prepare(model)
-        plan = _device_plan(model, device_map, max_memory)
+        plan = _device_plan(model, opts.device_map, opts.max_memory)
         tp = None
-        if any(v is not None for v in tp_args.values()):  # tensor parallel: checked, then this rank's slices only
+        if any(v is not None for v in opts.tp_args.values()):  # tensor parallel: checked, then this rank's slices
             from ..distributed.tensor_parallel import prepare
 
-            tp = prepare(model, **tp_args, device_map=device_map, disable_mmap=disable_mmap)
+            tp = prepare(model, **opts.tp_args, device_map=opts.device_map, disable_mmap=opts.disable_mmap)
             reader = tp.reader(reader, model) if tp is not None else reader
-        if quantizer is not None and plan and "disk" in plan.values():
-            raise DeviceMapError("Quantized layers cannot be offloaded to disk: raise max_memory, or give a "
-                                 "device_map without 'disk' (quantized weights take a quarter to half the memory).")
-        if disable_mmap and plan and "disk" in plan.values() and not offload_folder:
-            raise DeviceMapError(
-                "disable_mmap=True keeps no mapping of the checkpoint's files, so the weights planned on 'disk' are "
-                "copied into an offload folder of their own: pass offload_folder=..., or drop disable_mmap to map "
-                "them from the checkpoint, or raise max_memory so they fit in memory."
-            )
-        store = DiskStore(offload_folder) if plan and "disk" in plan.values() else None
-        buffers = {n for n, _ in model.named_buffers()}
-        in_memory = next((d for d in (plan or {}).values() if d != "disk"), "cpu")  # for what a map leaves out
-
-        def placement(name: str):
-            planned = device_for(name, plan)
-            if planned is None:  # a computed (non-persistent) buffer that a user's map does not name
-                return in_memory
-            return "cpu" if planned == "disk" and name in buffers and not offload_buffers else planned
-
+        store, placement = _placement(model, plan, opts, quantized=quantizer is not None)
         try:
-            info = load_into(model, reader, placement=placement if plan else None, disk=store,
+            info = load_into(model, reader, placement=placement, disk=store,
                              ignore_mismatched_sizes=ignore_mismatched_sizes, quantizer=quantizer,
                              device=tp.device if tp is not None else "cpu")
         except BaseException:
@@ -503,11 +466,11 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin, PushToHubMixin):
             model._disk_store = store
             model._dispatch_hooks = attach_hooks(model, plan, store)
         model.loading_info = info
-        if model.can_generate() and pretrained_model_name_or_path is not None and state_dict is None:
+        if model.can_generate() and pretrained_model_name_or_path is not None and opts.state_dict is None:
             found = _find_generation_config(pretrained_model_name_or_path, hub)
             if found is not None:
                 model.generation_config = found
-        return (model, info.as_dict()) if output_loading_info else model
+        return (model, info.as_dict()) if opts.output_loading_info else model
 
     @classmethod
     def _resolve_config(cls, source: Any, config: Any, hub: dict, overrides: dict) -> PretrainedConfig:
@@ -605,6 +568,82 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin, PushToHubMixin):
         self.save_pretrained(folder, max_shard_size=max_shard_size, safe_serialization=safe_serialization,
                              variant=variant)
         return weights_names(safe_serialization, variant)
+
+
+@dataclasses.dataclass
+class _LoadOptions:
+    """The loading options of `from_pretrained`, taken out of its keyword arguments (what is left are Hub options
+    and config overrides)."""
+
+    output_loading_info: bool = False
+    dtype: Any = None
+    device_map: Any = None
+    max_memory: Any = None
+    offload_folder: Any = None
+    offload_buffers: bool = False
+    disable_mmap: bool = False
+    attn: str | None = None
+    variant: str | None = None
+    state_dict: Any = None
+    from_tf: bool = False
+    from_flax: bool = False
+    tp_args: dict = dataclasses.field(default_factory=dict)
+    quantization_config: Any = None
+
+    @classmethod
+    def pop_from(cls, kwargs: dict) -> "_LoadOptions":
+        dtype = kwargs.pop("dtype", None)
+        legacy_dtype = kwargs.pop("torch_dtype", None)  # the reference's older name
+        opts = cls(
+            output_loading_info=kwargs.pop("output_loading_info", False),
+            dtype=dtype if dtype is not None else legacy_dtype,
+            device_map=kwargs.pop("device_map", None),
+            max_memory=kwargs.pop("max_memory", None),
+            offload_folder=kwargs.pop("offload_folder", None),
+            offload_buffers=kwargs.pop("offload_buffers", False),
+            disable_mmap=bool(kwargs.pop("disable_mmap", None)),
+            attn=kwargs.pop("attn_implementation", None),
+            variant=kwargs.pop("variant", None),
+            state_dict=kwargs.pop("state_dict", None),
+            from_tf=bool(kwargs.pop("from_tf", False)),  # checkpoint/legacy.py
+            from_flax=bool(kwargs.pop("from_flax", False)),
+            tp_args={k: kwargs.pop(k, None) for k in ("tp_plan", "tp_size", "distributed_config")},  # distributed/
+            quantization_config=kwargs.pop("quantization_config", None),
+        )
+        kwargs.pop("offload_state_dict", None)  # moot: weights stream one tensor at a time, never a second copy
+        kwargs.pop("low_cpu_mem_usage", None)  # always low: the model is built on the meta device
+        kwargs.pop("name_or_path", None)  # the reference's Auto classes pass these two to a custom class
+        if "_adapter_model_path" in (kwargs.pop("adapter_kwargs", None) or {}):
+            raise ValueError("This checkpoint is a PEFT adapter; load its base model and apply the adapter with peft.")
+        return opts
+
+
+def _placement(model: nn.Module, plan: dict | None, opts: _LoadOptions, quantized: bool):
+    """(the disk store or None, tensor name -> planned place or None without a device map), after refusing the
+    plans that cannot work."""
+    if not plan:
+        return None, None
+    on_disk = "disk" in plan.values()
+    if quantized and on_disk:
+        raise DeviceMapError("Quantized layers cannot be offloaded to disk: raise max_memory, or give a "
+                             "device_map without 'disk' (quantized weights take a quarter to half the memory).")
+    if opts.disable_mmap and on_disk and not opts.offload_folder:
+        raise DeviceMapError(
+            "disable_mmap=True keeps no mapping of the checkpoint's files, so the weights planned on 'disk' are "
+            "copied into an offload folder of their own: pass offload_folder=..., or drop disable_mmap to map "
+            "them from the checkpoint, or raise max_memory so they fit in memory."
+        )
+    store = DiskStore(opts.offload_folder) if on_disk else None
+    buffers = {n for n, _ in model.named_buffers()}
+    in_memory = next((d for d in plan.values() if d != "disk"), "cpu")  # for what a map leaves out
+
+    def placement(name: str):
+        planned = device_for(name, plan)
+        if planned is None:  # a computed (non-persistent) buffer that a user's map does not name
+            return in_memory
+        return "cpu" if planned == "disk" and name in buffers and not opts.offload_buffers else planned
+
+    return store, placement
 
 
 def _open_reader(source: Any, config: PretrainedConfig, hub: dict, *, state_dict: Any, from_tf: bool,
