@@ -18,6 +18,9 @@ Loading (`from_pretrained`) reads PyTorch-layout safetensors (one file or shards
 file or shards + index) and 4.x's flax-format safetensors, streaming each tensor from the mapped file straight to
 its device (or, with `mesh=`, each device's slice to that device). Saving writes PyTorch-layout safetensors by
 default (they load in our PyTorch classes, in transformers and everywhere else), msgpack on request.
+
+What this class does exactly as `TFPreTrainedModel` does (config checks and resolution, generation_config.json, the
+files a save writes beside the weights, weight file names) lives once, framework-free, in `modeling/neutral.py`.
 """
 
 from __future__ import annotations
@@ -35,12 +38,12 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 
 from ..checkpoint.files import SAFE_INDEX, SAFE_WEIGHTS
 from ..checkpoint.numpy_writer import save_arrays, write_safetensors
-from ..checkpoint.shards import DEFAULT_MAX_SHARD_SIZE, add_variant
-from ..configuration import CONFIG_NAME, PretrainedConfig
-from ..errors import ConfigError, LoadingError, PretrainedError
-from ..generation.config import GENERATION_CONFIG_NAME, GenerationConfig
-from ..hub.push import PUSH_KWARGS, PushToHubMixin, folder_state
-from ..hub.resolve import pop_hub_kwargs, resolve_file
+from ..checkpoint.shards import DEFAULT_MAX_SHARD_SIZE
+from ..configuration import PretrainedConfig
+from ..errors import ConfigError, LoadingError
+from ..generation.config import GenerationConfig
+from ..hub.push import PushToHubMixin, folder_state
+from ..modeling.neutral import NeutralModelMixin
 from .convert import KeyRules, slot, slots
 from .generation import FlaxGenerationMixin
 from .loading import LoadingInfo, check_mismatches, find_flax_checkpoint, open_reader, plan_load, stream
@@ -65,8 +68,10 @@ def _flat(params: Any) -> dict[Path, Any]:
     return flatten_dict(unfreeze(params) if isinstance(params, FrozenDict) else params)
 
 
-class FlaxPreTrainedModel(PushToHubMixin, FlaxGenerationMixin):
+class FlaxPreTrainedModel(NeutralModelMixin, PushToHubMixin, FlaxGenerationMixin):
     config_class: ClassVar[type[PretrainedConfig]] = PretrainedConfig
+    _framework_prefix: ClassVar[str] = "Flax"
+    _native_weights: ClassVar[tuple[str, str, str]] = (FLAX_WEIGHTS, FLAX_INDEX, "msgpack")
     base_model_prefix: ClassVar[str] = ""
     main_input_name: ClassVar[str] = "input_ids"
     module_class: ClassVar[type | None] = None
@@ -142,26 +147,6 @@ class FlaxPreTrainedModel(PushToHubMixin, FlaxGenerationMixin):
     @property
     def required_params(self) -> set[Path]:
         return self._required_params
-
-    @classmethod
-    def _check_config(cls, config: Any) -> None:
-        if not isinstance(config, PretrainedConfig):
-            raise ConfigError(
-                f"{cls.__name__} needs a PretrainedConfig, got {type(config).__name__}. Build one with "
-                f"{cls.config_class.__name__}(...) or AutoConfig.from_pretrained(...).")
-        expected = cls.config_class
-        same = isinstance(config, expected) or type(config).__qualname__ == expected.__qualname__
-        if expected is not PretrainedConfig and (not same or config.model_type != expected.model_type):
-            raise ConfigError(
-                f"{cls.__name__} needs a {expected.__name__} (model_type '{expected.model_type}'), but the config is a "
-                f"{type(config).__name__} (model_type '{config.model_type}'). Use the Flax Auto classes to pick the "
-                "right class for a checkpoint.")
-
-    @classmethod
-    def can_generate(cls) -> bool:
-        """Whether `generate` works: the class has a language-model head (it defines
-        `prepare_inputs_for_generation`, 4.x's rule)."""
-        return callable(getattr(cls, "prepare_inputs_for_generation", None))
 
     @classmethod
     def from_config(cls, config: PretrainedConfig, **kwargs: Any):
@@ -330,10 +315,9 @@ class FlaxPreTrainedModel(PushToHubMixin, FlaxGenerationMixin):
         variant = kwargs.pop("variant", None)
         kwargs.pop("use_safetensors", None)
         model_kwargs = {k: kwargs.pop(k) for k in ("seed", "input_shape", "gradient_checkpointing") if k in kwargs}
-        kwargs.update(cache_dir=cache_dir, force_download=force_download, local_files_only=local_files_only,
-                      token=token, revision=revision)
-        hub = pop_hub_kwargs(kwargs)
-        config = cls._resolve_config(pretrained_model_name_or_path, config, hub, kwargs)
+        config, hub = cls._config_and_hub(pretrained_model_name_or_path, config, kwargs, cache_dir=cache_dir,
+                                          force_download=force_download, local_files_only=local_files_only,
+                                          token=token, revision=revision)
         files = find_flax_checkpoint(pretrained_model_name_or_path, variant=variant, hub=hub)
         reader = open_reader(files)
 
@@ -376,31 +360,12 @@ class FlaxPreTrainedModel(PushToHubMixin, FlaxGenerationMixin):
                 " ..." if len(missing) > 5 else "")
         params = unflatten_dict(flat)
         model.loading_info = info
-        if model.can_generate():
-            found = _generation_config(pretrained_model_name_or_path, hub)
-            if found is not None:
-                model.generation_config = found
+        model._adopt_generation_config(pretrained_model_name_or_path, hub)
         if do_init:
             model._is_initialized = True
             model.params = params
             return (model, info.as_dict()) if output_loading_info else model
         return (model, params, info.as_dict()) if output_loading_info else (model, params)
-
-    @classmethod
-    def _resolve_config(cls, source: Any, config: Any, hub: dict, overrides: dict) -> PretrainedConfig:
-        """The config to build with: given, or read from `config`/`source`, with `overrides` applied (every one of
-        them must name a config attribute)."""
-        if not isinstance(config, PretrainedConfig):
-            where = config if config is not None else source
-            config, overrides = cls.config_class.from_pretrained(where, return_unused_kwargs=True, **hub, **overrides)
-        elif overrides:
-            config, overrides = cls.config_class.from_dict(config.to_dict(), return_unused_kwargs=True, **overrides)
-        if overrides:
-            raise TypeError(f"from_pretrained() got arguments that are neither loading options nor config "
-                            f"attributes: {', '.join(sorted(overrides))}.")
-        cls._check_config(config)
-        config._name_or_path = os.fspath(source)
-        return config
 
     # ---- saving --------------------------------------------------------------------------------------------------
     def save_pretrained(
@@ -427,28 +392,17 @@ class FlaxPreTrainedModel(PushToHubMixin, FlaxGenerationMixin):
         With `push_to_hub=True` the files this save wrote are uploaded in one commit (`repo_id` defaults to the
         folder's name; `commit_message`, `private`, `revision`, `create_pr`, `commit_description`, `tags`, `token`).
         """
-        push = {k: kwargs.pop(k) for k in PUSH_KWARGS if k in kwargs}
-        if token is not None:
-            push["token"] = token
-        if kwargs:
-            raise TypeError(f"save_pretrained() got unexpected arguments: {', '.join(sorted(kwargs))}.")
+        push = self._push_options(kwargs, token)
         if not is_main_process:
             return
         before = folder_state(save_directory) if push_to_hub else {}
         params = self._params_or_own(params)
         flat = _flat(params)
-        name = type(self).__name__
-        self.config.architectures = [name[4:] if name.startswith("Flax") else name]
+        self.config.architectures = [self._architecture()]
         floating = next((a.dtype for a in flat.values() if jnp.issubdtype(a.dtype, jnp.floating)), None)
         if floating is not None:
             self.config.dtype = jnp.dtype(floating).name
-        from ..remote_code import code_to_save
-
-        extra = {**code_to_save(self.config, type(self))}
-        extra[CONFIG_NAME] = self.config.to_json_string()
-        if self.can_generate():
-            generation_config = self.generation_config or GenerationConfig.from_model_config(self.config)
-            extra[GENERATION_CONFIG_NAME] = generation_config.to_json_string()
+        extra = self._files_beside_weights()
         weights = self._weights_names(safe_serialization, variant)
         if safe_serialization:
             layout = slots({p: a.shape for p, a in flat.items()}, KeyRules.of(self.flax_key_rules))
@@ -470,20 +424,6 @@ class FlaxPreTrainedModel(PushToHubMixin, FlaxGenerationMixin):
         if push_to_hub:
             self._push_after_save(save_directory, before, push, weights=weights)
 
-    @staticmethod
-    def _weights_names(safe_serialization: bool, variant: str | None) -> list[str]:
-        if safe_serialization:
-            return [add_variant(SAFE_WEIGHTS, variant), add_variant(SAFE_INDEX, variant)]
-        if variant:
-            raise ValueError("variant applies to safetensors files; 4.x's msgpack files have no variants.")
-        return [FLAX_WEIGHTS, FLAX_INDEX]
-
-    def _save_for_push(self, folder: str, *, max_shard_size: int | str, safe_serialization: bool,
-                       variant: str | None) -> list[str]:
-        self.save_pretrained(folder, max_shard_size=max_shard_size, safe_serialization=safe_serialization,
-                             variant=variant)
-        return self._weights_names(safe_serialization, variant)
-
 
 class _HostArray:
     """A parameter on its way to a file: shape and size known without copying; the host copy (transposed by `perm`
@@ -501,18 +441,6 @@ class _HostArray:
         if self._perm is not None:
             out = np.ascontiguousarray(np.transpose(out, self._perm))
         return out if dtype is None else out.astype(dtype)
-
-
-def _generation_config(source: Any, hub: dict) -> GenerationConfig | None:
-    """The checkpoint's generation_config.json, if it has one."""
-    source = os.fspath(source)
-    if os.path.isfile(source):
-        source = os.path.dirname(source) or "."
-    try:
-        path = resolve_file(source, GENERATION_CONFIG_NAME, required=False, **hub)
-    except (OSError, PretrainedError):
-        return None
-    return GenerationConfig.from_json_file(path) if path else None
 
 
 __all__ = ["FlaxPreTrainedModel"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -28,9 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ..errors import ConfigError
 from ..generation.config import GenerationConfig
-from ..generation.processor_plan import ProcessorPlan
+from ..generation.neutral import (Decoding, DecodingPlan, ProcessorSteps, mask_pad, prompt_arrays, request_config,
+                                  special_tokens, take_input_ids)
 from .outputs import FlaxModelOutput, flax_output
 
 NEG_INF = -float("inf")
@@ -152,51 +153,16 @@ def min_p(sequences: jax.Array, scores: jax.Array, cur: jax.Array, p: float, min
     return jnp.where(drop, NEG_INF, scores)
 
 
-class _Processors(ProcessorPlan):
-    """The processors a config asks for (`ProcessorPlan`), applied with this framework's ops."""
+class _Processors(ProcessorSteps):
+    """The processors a config asks for, applied in the PyTorch order with the JAX functions above."""
 
-    def __call__(self, sequences: jax.Array, scores: jax.Array, cur: jax.Array,
-                 counted: jax.Array | None = None) -> jax.Array:
-        """Apply them in the PyTorch order; `counted` (N, L) marks the positions the repetition penalty counts
-        (prompt padding excluded)."""
-        if self.repetition_penalty is not None:
-            scores = repetition_penalty(sequences, scores, cur, self.repetition_penalty, counted)
-        if self.no_repeat_ngram_size > 0:
-            scores = no_repeat_ngram(sequences, scores, cur, self.no_repeat_ngram_size)
-        if self.eos and self.min_length > 0:
-            scores = min_length(sequences, scores, cur, self.min_length, self.eos)
-        if self.eos and self.min_new_tokens:
-            scores = min_new_tokens(sequences, scores, cur, self.prompt_length, self.min_new_tokens, self.eos)
-        if self.temperature is not None:
-            scores = temperature(sequences, scores, cur, self.temperature)
-        if self.top_k:
-            scores = top_k(sequences, scores, cur, self.top_k, self.min_keep)
-        if self.top_p is not None:
-            scores = top_p(sequences, scores, cur, self.top_p, self.min_keep)
-        if self.min_p is not None:
-            scores = min_p(sequences, scores, cur, self.min_p, self.min_keep)
-        for process in self.custom:
-            scores = process(sequences, scores, cur)
-        return scores
+    ops = sys.modules[__name__]
 
 
 # ---- the decoding plan: everything static about one compiled program ---------------------------------------------
 @dataclasses.dataclass(frozen=True)
-class _Plan:
-    max_length: int
-    expand: int  # rows per prompt: beams, or returned sequences
-    eos: tuple[int, ...]
-    pad: int | None  # written after a row's EOS (greedy / sampling)
-    fill: int  # the value of positions nothing was written to
-    processors: _Processors
-    sample: bool
-    beams: int
-    returned: int
-    length_penalty: float
-    early_stopping: bool | str
-    encoder_decoder: bool
-    start: int | None  # decoder_start_token_id (encoder-decoders)
-    trace: bool
+class _Plan(DecodingPlan):
+    trace: bool  # False: the loop runs step by step in Python
 
 
 def _loop(cond: Callable, body: Callable, state: Any, trace: bool) -> Any:
@@ -231,82 +197,26 @@ class FlaxGenerationMixin:
 
         The decoding is jit-compiled once per (shapes, settings) and the compiled program is kept on the model.
         """
-        if not self.can_generate():
-            raise TypeError(f"{type(self).__name__} cannot generate: it has no language-model head. Use a class "
-                            "such as FlaxAutoModelForCausalLM.")
-        if input_ids is None:
-            input_ids = overrides.pop("inputs", None)
-        if input_ids is None:
-            raise ValueError("generate() needs input_ids (B, S).")
-        if "streamer" in overrides and overrides.pop("streamer") is not None:
-            raise ValueError("generate(): the Flax loop runs compiled, in one call: it cannot stream. Use the "
-                             "PyTorch class for a streamer.")
-        base = generation_config or getattr(self, "generation_config", None) \
-            or GenerationConfig.from_model_config(self.config)
-        config = base.copy(**overrides)
-        if config.get("stop_strings"):
-            raise ValueError("generate(): stop_strings need a tokenizer at every step; the Flax loop runs compiled. "
-                             "Use eos_token_id, or the PyTorch class.")
+        input_ids = take_input_ids(self, input_ids, overrides, "Flax")
+        config = request_config(self, generation_config, overrides, "Flax")
         asked = [name for name in _UNSUPPORTED if config.get(name)]
         if asked:
             warnings.warn(f"generate(): {', '.join(asked)} is not supported by the Flax loop (as in 4.x) and is "
                           "ignored; it returns sequences (and beam scores).", UserWarning, stacklevel=2)
         params = params if params is not None else self.params  # _do_init=False models: params= is needed
 
-        ids = np.asarray(input_ids)
-        if ids.ndim == 1:
-            ids = ids[None]
-        if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(f"generate(): input_ids must be integer token ids of shape (B, S); got {ids.dtype} "
-                             f"{ids.shape}.")
-        ids = ids.astype(np.int32)
         encoder_decoder = bool(getattr(self.config, "is_encoder_decoder", False))
-        eos = tuple(config.eos_token_ids)
-        pad = config.pad_token_id if config.pad_token_id is not None else (eos[0] if eos else None)
-        if attention_mask is None:
-            mask = np.ones_like(ids)
-            # inferred from padding for decoder-only models only, as the PyTorch loop does
-            if pad is not None and pad not in eos and not encoder_decoder and (ids == pad).any():
-                mask = (ids != pad).astype(np.int32)
-        else:
-            mask = np.asarray(attention_mask).astype(np.int32)
-            if mask.ndim == 1:
-                mask = mask[None]
-            if mask.shape != ids.shape:
-                raise ValueError(f"generate(): attention_mask has shape {mask.shape}; input_ids has {ids.shape}.")
-
-        beams, sample = config.get("num_beams"), config.get("do_sample")
-        returned = config.get("num_return_sequences")
-        if beams > 1 and returned > beams:
-            raise ConfigError(f"GenerationConfig.num_return_sequences={returned} is invalid: beam search returns at "
-                              f"most num_beams={beams} sequences.")
-        start = None
-        if encoder_decoder:
-            start = next((s for s in (config.decoder_start_token_id,
-                                      getattr(self.config, "decoder_start_token_id", None), config.bos_token_id)
-                          if s is not None), None)
-            if start is None:
-                raise ConfigError("GenerationConfig.decoder_start_token_id=None is invalid: an encoder-decoder "
-                                  "needs the token its decoder starts from.")
-        prompt_length = 1 if encoder_decoder else ids.shape[1]
-        max_length = (config.max_new_tokens + prompt_length if config.max_new_tokens is not None
-                      else config.get("max_length"))
-        expand = beams if beams > 1 else returned
-        if prompt_length >= max_length:  # nothing to generate (the PyTorch loop returns the prompt too)
-            first = ids if not encoder_decoder else np.full((ids.shape[0], 1), start, dtype=np.int32)
-            rows = np.repeat(first, returned if beams > 1 else expand, axis=0)
+        eos, pad = special_tokens(config)
+        ids, mask = prompt_arrays(input_ids, attention_mask, mask_pad(pad, eos, encoder_decoder))
+        decoding = Decoding.of(self.config, config, eos, pad, encoder_decoder, ids.shape[1])
+        beams, sample = decoding.beams, decoding.sample
+        if decoding.nothing_to_generate:  # the prompt comes back, as from the PyTorch loop
+            first = ids if not encoder_decoder else np.full((ids.shape[0], 1), decoding.start, dtype=np.int32)
+            rows = np.repeat(first, decoding.returned, axis=0)
             if beams > 1:
                 return FlaxBeamSearchOutput(sequences=jnp.asarray(rows), scores=jnp.zeros(rows.shape[0]))
             return (FlaxSampleOutput if sample else FlaxGreedySearchOutput)(sequences=jnp.asarray(rows))
-        if beams > 1:
-            fill = (pad or eos[0]) if eos else -1  # the PyTorch beam search's fill value
-        else:
-            fill = pad if pad is not None else 0
-        plan = _Plan(max_length=max_length, expand=expand, eos=eos, pad=pad, fill=fill,
-                     processors=_Processors.from_config(config, prompt_length, beams > 1, logits_processor or ()),
-                     sample=sample, beams=beams, returned=returned, length_penalty=float(config.get("length_penalty")),
-                     early_stopping=config.get("early_stopping"), encoder_decoder=encoder_decoder, start=start,
-                     trace=trace)
+        plan = decoding.plan(_Plan, _Processors, logits_processor, trace=trace)
         key = prng_key if prng_key is not None else jax.random.PRNGKey(0)
         run = self._generation_program(plan)
         out = run(params, ids, mask, key)

@@ -7,7 +7,6 @@ D head_dim, C hidden.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import flax.linen as nn
@@ -16,33 +15,19 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ..errors import ConfigError
+# inverse_frequencies: numpy, shared with the other framework; the families import it from here
+from ..layers.neutral import activation_table, inverse_frequencies, pick_activation  # noqa: F401
 
 
-# ---- activations --------------------------------------------------------------------------------------------------
-def _gelu_new(x: jax.Array) -> jax.Array:
-    """GELU's tanh approximation written out op by op, as GPT-2's "gelu_new" computes it."""
-    return 0.5 * x * (1.0 + jnp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * jnp.power(x, 3.0))))
-
-
-ACTIVATIONS = {
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "relu": jax.nn.relu,
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_new": _gelu_new,
-    "tanh": jnp.tanh,
-}
+# ---- activations -----------------------------------------------------------------------------------------------------
+ACTIVATIONS = activation_table(jax.nn.silu, jax.nn.gelu, jax.nn.relu, jnp.tanh, jnp.power)
 
 
 def activation(name: str):
-    if name not in ACTIVATIONS:
-        raise ConfigError(f"Unknown activation '{name}'; known: {', '.join(sorted(ACTIVATIONS))}.")
-    return ACTIVATIONS[name]
+    return pick_activation(ACTIVATIONS, name)
 
 
-# ---- matrix products ----------------------------------------------------------------------------------------------
+# ---- matrix products -------------------------------------------------------------------------------------------------
 _NARROW = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
@@ -65,7 +50,7 @@ def matmul_t(x: jax.Array, table: jax.Array) -> jax.Array:
     return wide_dot_general(x, table, (((x.ndim - 1,), (1,)), ((), ())))
 
 
-# ---- normalisation ------------------------------------------------------------------------------------------------
+# ---- normalisation ---------------------------------------------------------------------------------------------------
 class FlaxRMSNorm(nn.Module):
     """y = weight * x / sqrt(mean(x^2) + eps), normalised in float32; `offset=1.0` is Gemma's (1 + weight) form
     (weight initialised to zeros), computed in float32 too. The parameter is `weight`, as 4.x names it."""
@@ -87,34 +72,7 @@ class FlaxRMSNorm(nn.Module):
         return (weight * x32.astype(x.dtype)).astype(self.dtype)
 
 
-# ---- rotary positions ---------------------------------------------------------------------------------------------
-def inverse_frequencies(rope: dict, head_dim: int) -> tuple[np.ndarray, float]:
-    """(inv_freq (head_dim/2,) float32, attention scaling) for the rope types the PyTorch side implements
-    (`layers/rotary.py`: default, linear, llama3), computed the same way in float32."""
-    base = float(rope["rope_theta"])
-    dim = int(head_dim * rope.get("partial_rotary_factor", 1.0))
-    exponent = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
-    inv_freq = (np.float32(1.0) / np.power(np.float32(base), exponent)).astype(np.float32)
-    kind = rope.get("rope_type", "default")
-    if kind == "default":
-        return inv_freq, 1.0
-    if kind == "linear":
-        return (inv_freq / np.float32(rope["factor"])).astype(np.float32), 1.0
-    if kind == "llama3":
-        factor, low, high = (np.float32(rope[k]) for k in ("factor", "low_freq_factor", "high_freq_factor"))
-        old_len = np.float32(rope["original_max_position_embeddings"])
-        wavelen = np.float32(2 * math.pi) / inv_freq
-        scaled = np.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
-        smooth = (old_len / wavelen - low) / (high - low)
-        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
-        return np.where(medium, smoothed, scaled).astype(np.float32), 1.0
-    raise ConfigError(
-        f"rope_type '{kind}' is not implemented (known: default, linear, llama3). Use a checkpoint with one of "
-        "those, or open an issue naming the model."
-    )
-
-
+# ---- rotary positions (the frequencies, `inverse_frequencies`, come from layers/neutral.py) --------------------------
 def rotary_cos_sin(position_ids: jax.Array, inv_freq: np.ndarray, scaling: float, dtype) -> tuple[jax.Array, jax.Array]:
     """(cos, sin), each (B, T, D), for positions (B, T): computed from the positions themselves (no table)."""
     freqs = position_ids[..., None].astype(jnp.float32) * jnp.asarray(inv_freq)[None, None, :]
@@ -133,7 +91,7 @@ def apply_rotary(q: jax.Array, k: jax.Array, cos: jax.Array, sin: jax.Array) -> 
     return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
 
 
-# ---- masks --------------------------------------------------------------------------------------------------------
+# ---- masks -----------------------------------------------------------------------------------------------------------
 def causal_mask(attention_mask: jax.Array | None, q_positions: jax.Array, kv_len: int,
                 sliding_window: int | None = None) -> jax.Array:
     """Boolean (B|1, 1, T, S) mask, True = may attend, built from the actual lengths (no precomputed table).
@@ -157,7 +115,7 @@ def causal_mask(attention_mask: jax.Array | None, q_positions: jax.Array, kv_len
     return allowed
 
 
-# ---- the fixed-size key/value cache --------------------------------------------------------------------------------
+# ---- the fixed-size key/value cache ----------------------------------------------------------------------------------
 def update_cache(module: nn.Module, key: jax.Array, value: jax.Array,
                  init_cache: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Inside an attention module: write the new key/value (B, T, K, D) into the module's "cache" collection
@@ -201,7 +159,7 @@ def cache_index_of(cache: Any) -> jax.Array | None:
     return None
 
 
-# ---- attention ----------------------------------------------------------------------------------------------------
+# ---- attention -------------------------------------------------------------------------------------------------------
 def _wide_einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
     """einsum accumulating 16-bit operands in float32 (see `wide_dot_general`), rounded back to their dtype."""
     if a.dtype == b.dtype and a.dtype in _NARROW:

@@ -16,16 +16,11 @@ from typing import Any
 
 import jax
 
-from ..modeling.outputs import ModelOutput as _ModelOutput
+from ..modeling.neutral import SettableModelOutput
 
 
-class FlaxModelOutput(_ModelOutput):
+class FlaxModelOutput(SettableModelOutput):
     """Base of the Flax output dataclasses."""
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        if key not in {f.name for f in fields(self)}:
-            raise KeyError(f"{type(self).__name__} has no field '{key}'")
-        setattr(self, key, value)
 
 
 def flax_output(cls: type) -> type:

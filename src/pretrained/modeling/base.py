@@ -36,6 +36,7 @@ from ..layers.pruning import attention_blocks, prune_attention_heads
 from .dtype import as_dtype, module_dtype, resolve_dtype
 from .embeddings import resized_embedding, resized_linear_rows
 from .loading import check_config_fits, initialise_meta, load_into
+from .neutral import check_config_class, resolve_config
 from .utils import ModuleUtilsMixin
 
 _SKIP_INIT = contextvars.ContextVar("pretrained_skip_init", default=False)
@@ -318,17 +319,7 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin, PushToHubMixin):
     # ---- building ----------------------------------------------------------------------------
     @classmethod
     def _check_config(cls, config: PretrainedConfig) -> None:
-        expected = cls.config_class
-        # the model_type too: a family's config may subclass another's (MistralConfig is a LlamaConfig)
-        # (a custom class's config may be a second copy of its class, by name: the reference's loader imports the
-        # config's and the model's code as separate modules)
-        same = isinstance(config, expected) or type(config).__qualname__ == expected.__qualname__
-        if expected is not PretrainedConfig and (not same or config.model_type != expected.model_type):
-            raise ConfigError(
-                f"{cls.__name__} needs a {expected.__name__} (model_type '{expected.model_type}'), but the config is a "
-                f"{type(config).__name__} (model_type '{config.model_type}'). Use the Auto classes to pick the "
-                "right model class for a checkpoint."
-            )
+        check_config_class(cls, config, "Auto classes")
 
     @classmethod
     def _skeleton(cls, config: PretrainedConfig, dtype: torch.dtype) -> PreTrainedModel:
@@ -474,22 +465,7 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin, PushToHubMixin):
 
     @classmethod
     def _resolve_config(cls, source: Any, config: Any, hub: dict, overrides: dict) -> PretrainedConfig:
-        """The config to build with: given, or read from `config`/`source`, with `overrides` applied (every one of
-        them must name a config attribute)."""
-        if not isinstance(config, PretrainedConfig):
-            where = config if config is not None else source
-            if where is None:
-                raise ValueError("Give a checkpoint location or a config.")
-            config, overrides = cls.config_class.from_pretrained(where, return_unused_kwargs=True, **hub, **overrides)
-        elif overrides:
-            config, overrides = cls.config_class.from_dict(config.to_dict(), return_unused_kwargs=True, **overrides)
-        if overrides:
-            raise TypeError(f"from_pretrained() got arguments that are neither loading options nor config "
-                            f"attributes: {', '.join(sorted(overrides))}.")
-        cls._check_config(config)
-        if source is not None:
-            config._name_or_path = os.fspath(source)
-        return config
+        return resolve_config(cls, source, config, hub, overrides)
 
     def dequantize(self):
         """A quantized model (from_pretrained with quantization_config, or a quantized checkpoint) back to float

@@ -24,6 +24,9 @@ Saving writes PyTorch-layout safetensors by default (they load in our PyTorch cl
 everywhere else), `tf_model.h5` (Keras 2's layout, as 4.x wrote it, loadable by 4.57's TF classes) with
 `safe_serialization=False`, and with `saved_model=True` also a TensorFlow SavedModel under `saved_model/<version>`
 whose `serving_default` signature takes the `input_signature` tensors and returns the output's tensors.
+
+What this class does exactly as `FlaxPreTrainedModel` does (config checks and resolution, generation_config.json, the
+files a save writes beside the weights, weight file names) lives once, framework-free, in `modeling/neutral.py`.
 """
 
 from __future__ import annotations
@@ -49,11 +52,12 @@ from ..checkpoint.numpy_reader import NumpyCheckpointReader
 from ..checkpoint.numpy_writer import save_arrays, write_safetensors
 from ..checkpoint.report import LoadingInfo
 from ..checkpoint.shards import DEFAULT_MAX_SHARD_SIZE, add_variant
-from ..configuration import CONFIG_NAME, PretrainedConfig
+from ..configuration import PretrainedConfig
 from ..errors import CheckpointNotFoundError, ConfigError, CorruptCheckpointError, LoadingError, ShapeMismatchError
-from ..generation.config import GENERATION_CONFIG_NAME, GenerationConfig
-from ..hub.push import PUSH_KWARGS, PushToHubMixin, folder_state
-from ..hub.resolve import pop_hub_kwargs, resolve_file
+from ..generation.config import GenerationConfig
+from ..hub.push import PushToHubMixin, folder_state
+from ..hub.resolve import resolve_file
+from ..modeling.neutral import NeutralModelMixin
 from .convert import TFKeyRules, TFSlot, keras_path, match, slots
 from .layers import replace_variable, skip_init
 
@@ -154,8 +158,11 @@ class TFModelUtilsMixin:
         return int(sum(int(np.prod(w.shape)) for w in weights))
 
 
-class TFPreTrainedModel(keras.Model, TFModelUtilsMixin, TFGenerationMixin, PushToHubMixin):
+class TFPreTrainedModel(keras.Model, TFModelUtilsMixin, NeutralModelMixin, TFGenerationMixin, PushToHubMixin):
     config_class: ClassVar[type[PretrainedConfig]] = PretrainedConfig
+    _framework_prefix: ClassVar[str] = "TF"
+    _native_weights: ClassVar[tuple[str, str, str]] = (TF_WEIGHTS, TF_INDEX, "tf_model.h5")
+    _config_beside_weights_file: ClassVar[bool] = True
     base_model_prefix: ClassVar[str] = ""
     main_input_name: ClassVar[str] = "input_ids"
     tf_key_rules: ClassVar[Any] = None  # see convert.TFKeyRules
@@ -177,26 +184,6 @@ class TFPreTrainedModel(keras.Model, TFModelUtilsMixin, TFGenerationMixin, PushT
     @property
     def framework(self) -> str:
         return "tf"
-
-    @classmethod
-    def _check_config(cls, config: Any) -> None:
-        if not isinstance(config, PretrainedConfig):
-            raise ConfigError(
-                f"{cls.__name__} needs a PretrainedConfig, got {type(config).__name__}. Build one with "
-                f"{cls.config_class.__name__}(...) or AutoConfig.from_pretrained(...).")
-        expected = cls.config_class
-        same = isinstance(config, expected) or type(config).__qualname__ == expected.__qualname__
-        if expected is not PretrainedConfig and (not same or config.model_type != expected.model_type):
-            raise ConfigError(
-                f"{cls.__name__} needs a {expected.__name__} (model_type '{expected.model_type}'), but the config is a "
-                f"{type(config).__name__} (model_type '{config.model_type}'). Use the TF Auto classes to pick the "
-                "right class for a checkpoint.")
-
-    @classmethod
-    def can_generate(cls) -> bool:
-        """Whether `generate` works: the class has a language-model head (it defines
-        `prepare_inputs_for_generation`, 4.x's rule)."""
-        return callable(getattr(cls, "prepare_inputs_for_generation", None))
 
     def get_config(self) -> dict:
         return self.config.to_dict()
@@ -552,10 +539,9 @@ class TFPreTrainedModel(keras.Model, TFModelUtilsMixin, TFGenerationMixin, PushT
         dtype = kwargs.pop("dtype", None)
         variant = kwargs.pop("variant", None)
         use_safetensors = kwargs.pop("use_safetensors", None)
-        kwargs.update(cache_dir=cache_dir, force_download=force_download, local_files_only=local_files_only,
-                      token=token, revision=revision)
-        hub = pop_hub_kwargs(kwargs)
-        config = cls._resolve_config(pretrained_model_name_or_path, config, hub, kwargs)
+        config, hub = cls._config_and_hub(pretrained_model_name_or_path, config, kwargs, cache_dir=cache_dir,
+                                          force_download=force_download, local_files_only=local_files_only,
+                                          token=token, revision=revision)
         if isinstance(dtype, str) and dtype == "auto":
             dtype = getattr(config, "dtype", None) or "float32"
         files = find_tf_checkpoint(pretrained_model_name_or_path, variant=variant, use_safetensors=use_safetensors,
@@ -580,29 +566,8 @@ class TFPreTrainedModel(keras.Model, TFModelUtilsMixin, TFGenerationMixin, PushT
                            "initialised: %s%s. Train the model before using it for predictions.", cls.__name__,
                            len(fresh), pretrained_model_name_or_path, ", ".join(fresh[:5]),
                            " ..." if len(fresh) > 5 else "")
-        if model.can_generate():
-            found = _generation_config(pretrained_model_name_or_path, hub)
-            if found is not None:
-                model.generation_config = found
+        model._adopt_generation_config(pretrained_model_name_or_path, hub)
         return (model, info.as_dict()) if output_loading_info else model
-
-    @classmethod
-    def _resolve_config(cls, source: Any, config: Any, hub: dict, overrides: dict) -> PretrainedConfig:
-        """The config to build with: given, or read from `config`/`source`, with `overrides` applied (every one of
-        them must name a config attribute)."""
-        if not isinstance(config, PretrainedConfig):
-            where = config if config is not None else source
-            if os.path.isfile(os.fspath(where)) and not os.fspath(where).endswith(".json"):
-                where = os.path.dirname(os.fspath(where)) or "."  # a weights file given: its folder's config
-            config, overrides = cls.config_class.from_pretrained(where, return_unused_kwargs=True, **hub, **overrides)
-        elif overrides:
-            config, overrides = cls.config_class.from_dict(config.to_dict(), return_unused_kwargs=True, **overrides)
-        if overrides:
-            raise TypeError(f"from_pretrained() got arguments that are neither loading options nor config "
-                            f"attributes: {', '.join(sorted(overrides))}.")
-        cls._check_config(config)
-        config._name_or_path = os.fspath(source)
-        return config
 
     def _variables_by_path(self) -> dict[str, Any]:
         """Keras path without the model's own name -> variable, for every weight (a shared one once)."""
@@ -698,13 +663,7 @@ class TFPreTrainedModel(keras.Model, TFModelUtilsMixin, TFGenerationMixin, PushT
         With `push_to_hub=True` the files this save wrote are uploaded in one commit (`repo_id` defaults to the
         folder's name; `commit_message`, `private`, `revision`, `create_pr`, `commit_description`, `tags`, `token`).
         """
-        push = {k: kwargs.pop(k) for k in PUSH_KWARGS if k in kwargs}
-        if token is not None:
-            push["token"] = token
-        if create_pr:
-            push["create_pr"] = True
-        if kwargs:
-            raise TypeError(f"save_pretrained() got unexpected arguments: {', '.join(sorted(kwargs))}.")
+        push = self._push_options(kwargs, token, create_pr)
         if not is_main_process:
             return
         self.build_in_name_scope()
@@ -714,18 +673,11 @@ class TFPreTrainedModel(keras.Model, TFModelUtilsMixin, TFGenerationMixin, PushT
         before = folder_state(save_directory) if push_to_hub else {}
         if saved_model:
             self.export_saved_model(os.path.join(save_directory, SERVING_DIR, str(version)), signatures)
-        name = type(self).__name__
-        self.config.architectures = [name[2:] if name.startswith("TF") else name]
+        self.config.architectures = [self._architecture()]
         floating = next((w.dtype for w in self.weights if tf.as_dtype(w.dtype).is_floating), None)
         if floating is not None:
             self.config.dtype = tf.as_dtype(floating).name
-        from ..remote_code import code_to_save
-
-        extra = {**code_to_save(self.config, type(self))}
-        extra[CONFIG_NAME] = self.config.to_json_string()
-        if self.can_generate():
-            generation_config = self.generation_config or GenerationConfig.from_model_config(self.config)
-            extra[GENERATION_CONFIG_NAME] = generation_config.to_json_string()
+        extra = self._files_beside_weights()
         weights = self._weights_names(safe_serialization, variant)
         variables = self._variables_by_path()
         if safe_serialization:
@@ -735,7 +687,7 @@ class TFPreTrainedModel(keras.Model, TFModelUtilsMixin, TFGenerationMixin, PushT
                         weights_name=weights[0], index_name=weights[1], max_shard_size=max_shard_size,
                         extra_files=extra, remove=[(TF_WEIGHTS, TF_INDEX)])
         else:
-            model_name = keras2_name(name)
+            model_name = keras2_name(type(self).__name__)
             full = {p: f"{model_name}/{p}:0" for p in variables}
             by_id = {id(v): p for p, v in variables.items()}
             layers = [(layer.name, [full[by_id[id(w)]] for w in layer.weights if id(w) in by_id])
@@ -745,20 +697,6 @@ class TFPreTrainedModel(keras.Model, TFModelUtilsMixin, TFGenerationMixin, PushT
                     remove=[(SAFE_WEIGHTS, SAFE_INDEX)])
         if push_to_hub:
             self._push_after_save(save_directory, before, push, weights=weights)
-
-    @staticmethod
-    def _weights_names(safe_serialization: bool, variant: str | None) -> list[str]:
-        if safe_serialization:
-            return [add_variant(SAFE_WEIGHTS, variant), add_variant(SAFE_INDEX, variant)]
-        if variant:
-            raise ValueError("variant applies to safetensors files; 4.x's tf_model.h5 files have no variants.")
-        return [TF_WEIGHTS, TF_INDEX]
-
-    def _save_for_push(self, folder: str, *, max_shard_size: int | str, safe_serialization: bool,
-                       variant: str | None) -> list[str]:
-        self.save_pretrained(folder, max_shard_size=max_shard_size, safe_serialization=safe_serialization,
-                             variant=variant)
-        return self._weights_names(safe_serialization, variant)
 
 
 # ---- helpers -----------------------------------------------------------------------------------------------------
@@ -896,20 +834,6 @@ class _HostArray:
         if self._slot is not None:
             out = np.ascontiguousarray(self._slot.to_pytorch(out))
         return out if dtype is None else out.astype(dtype)
-
-
-def _generation_config(source: Any, hub: dict) -> GenerationConfig | None:
-    """The checkpoint's generation_config.json, if it has one."""
-    from ..errors import PretrainedError
-
-    source = os.fspath(source)
-    if os.path.isfile(source):
-        source = os.path.dirname(source) or "."
-    try:
-        path = resolve_file(source, GENERATION_CONFIG_NAME, required=False, **hub)
-    except (OSError, PretrainedError):
-        return None
-    return GenerationConfig.from_json_file(path) if path else None
 
 
 __all__ = ["TFModelUtilsMixin", "TFPreTrainedModel", "find_tf_checkpoint", "keras2_name"]

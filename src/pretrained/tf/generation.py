@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -44,9 +45,9 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from ..errors import ConfigError
 from ..generation.config import GenerationConfig
-from ..generation.processor_plan import ProcessorPlan
+from ..generation.neutral import (Decoding, DecodingPlan, ProcessorSteps, mask_pad, prompt_arrays, request_config,
+                                  special_tokens, take_input_ids)
 from .outputs import TFBaseModelOutput, TFModelOutput, tf_output
 
 NEG_INF = -float("inf")
@@ -263,52 +264,17 @@ def min_p(sequences: tf.Tensor, scores: tf.Tensor, cur: Any, p: float, min_keep:
     return tf.where(drop, NEG_INF, scores)
 
 
-class _Processors(ProcessorPlan):
-    """The processors a config asks for (`ProcessorPlan`), applied with this framework's ops."""
+class _Processors(ProcessorSteps):
+    """The processors a config asks for, applied in the PyTorch order with the TensorFlow functions above."""
 
-    def __call__(self, sequences: tf.Tensor, scores: tf.Tensor, cur: Any,
-                 counted: tf.Tensor | None = None) -> tf.Tensor:
-        """Apply them in the PyTorch order; `counted` (N, L) marks the positions the repetition penalty counts
-        (prompt padding excluded)."""
-        if self.repetition_penalty is not None:
-            scores = repetition_penalty(sequences, scores, cur, self.repetition_penalty, counted)
-        if self.no_repeat_ngram_size > 0:
-            scores = no_repeat_ngram(sequences, scores, cur, self.no_repeat_ngram_size)
-        if self.eos and self.min_length > 0:
-            scores = min_length(sequences, scores, cur, self.min_length, self.eos)
-        if self.eos and self.min_new_tokens:
-            scores = min_new_tokens(sequences, scores, cur, self.prompt_length, self.min_new_tokens, self.eos)
-        if self.temperature is not None:
-            scores = temperature(sequences, scores, cur, self.temperature)
-        if self.top_k:
-            scores = top_k(sequences, scores, cur, self.top_k, self.min_keep)
-        if self.top_p is not None:
-            scores = top_p(sequences, scores, cur, self.top_p, self.min_keep)
-        if self.min_p is not None:
-            scores = min_p(sequences, scores, cur, self.min_p, self.min_keep)
-        for process in self.custom:
-            scores = process(sequences, scores, cur)
-        return scores
+    ops = sys.modules[__name__]
 
 
 # ---- the decoding plan: everything static about one compiled program ---------------------------------------------
 @dataclasses.dataclass(frozen=True)
-class _Plan:
-    max_length: int
-    expand: int  # rows per prompt: beams, or returned sequences
-    eos: tuple[int, ...]
-    pad: int | None  # written after a row's EOS (greedy / sampling)
-    fill: int  # the value of positions nothing was written to
-    processors: _Processors
-    sample: bool
-    beams: int
-    returned: int
-    length_penalty: float
-    early_stopping: bool | str
-    encoder_decoder: bool
-    start: int | None  # decoder_start_token_id (encoder-decoders)
-    output_scores: bool
-    jit_compile: bool
+class _Plan(DecodingPlan):
+    output_scores: bool  # record each step's scores (return_dict_in_generate=True, output_scores=True)
+    jit_compile: bool  # False: the loop runs eagerly
 
 
 def _reorder(cache: Any, rows: tf.Tensor, n: int) -> Any:
@@ -353,27 +319,13 @@ class TFGenerationMixin:
         (4.x's `tf.function(model.generate, jit_compile=True)`), it is traced into that graph: the inputs need static
         shapes and the sequences keep max_length columns, padded after the longest row, as 4.x's XLA generate.
         """
-        if not self.can_generate():
-            raise TypeError(f"{type(self).__name__} cannot generate: it has no language-model head. Use a class "
-                            "such as TFAutoModelForCausalLM.")
-        if input_ids is None:
-            input_ids = overrides.pop("inputs", None)
-        if input_ids is None:
-            raise ValueError("generate() needs input_ids (B, S).")
-        if overrides.pop("streamer", None) is not None:
-            raise ValueError("generate(): the TF loop runs compiled, in one call: it cannot stream. Use the PyTorch "
-                             "class for a streamer.")
+        input_ids = take_input_ids(self, input_ids, overrides, "TF")
         for name in ("cache", "past_key_values"):
             if overrides.get(name) is not None:
                 raise ValueError(f"generate(): {name}= is not supported by the TF loop (it builds its own "
                                  "fixed-size cache); pass the whole prompt.")
             overrides.pop(name, None)
-        base = generation_config or getattr(self, "generation_config", None) \
-            or GenerationConfig.from_model_config(self.config)
-        config = base.copy(**overrides)
-        if config.get("stop_strings"):
-            raise ValueError("generate(): stop_strings need a tokenizer at every step; the TF loop runs compiled. "
-                             "Use eos_token_id, or the PyTorch class.")
+        config = request_config(self, generation_config, overrides, "TF")
         record = bool(config.get("return_dict_in_generate"))
         asked = [name for name in _IGNORED if config.get(name)]
         if not record and config.get("output_scores"):
@@ -386,49 +338,25 @@ class TFGenerationMixin:
             self.build_in_name_scope()
 
         encoder_decoder = bool(getattr(self.config, "is_encoder_decoder", False))
-        eos = tuple(config.eos_token_ids)
-        pad = config.pad_token_id if config.pad_token_id is not None else (eos[0] if eos else None)
+        eos, pad = special_tokens(config)
         # inside the caller's own tf.function (4.x's `tf.function(model.generate, jit_compile=True)`): symbolic
         # inputs, static shapes, and the output keeps max_length columns (as 4.x's XLA generate)
         graph = not tf.executing_eagerly()
         ids, mask = (_graph_inputs if graph else _eager_inputs)(input_ids, attention_mask,
-                                                                 None if encoder_decoder or pad in eos else pad)
-
-        beams, sample = config.get("num_beams"), config.get("do_sample")
-        returned = config.get("num_return_sequences")
-        if beams > 1 and returned > beams:
-            raise ConfigError(f"GenerationConfig.num_return_sequences={returned} is invalid: beam search returns at "
-                              f"most num_beams={beams} sequences.")
-        start = None
-        if encoder_decoder:
-            start = next((s for s in (config.decoder_start_token_id,
-                                      getattr(self.config, "decoder_start_token_id", None), config.bos_token_id)
-                          if s is not None), None)
-            if start is None:
-                raise ConfigError("GenerationConfig.decoder_start_token_id=None is invalid: an encoder-decoder "
-                                  "needs the token its decoder starts from.")
-        prompt_length = 1 if encoder_decoder else ids.shape[1]
-        max_length = (config.max_new_tokens + prompt_length if config.max_new_tokens is not None
-                      else config.get("max_length"))
-        expand = beams if beams > 1 else returned
-        output_class = _output_class(beams > 1, sample, encoder_decoder)
-        if prompt_length >= max_length:  # nothing to generate (the PyTorch loop returns the prompt too)
-            first = ids if not encoder_decoder else tf.fill((ids.shape[0], 1), tf.constant(start, tf.int32))
-            rows = tf.repeat(first, returned if beams > 1 else expand, axis=0)
+                                                                 mask_pad(pad, eos, encoder_decoder))
+        decoding = Decoding.of(self.config, config, eos, pad, encoder_decoder, ids.shape[1])
+        sample = decoding.sample
+        output_class = _output_class(decoding.beams > 1, sample, encoder_decoder)
+        if decoding.nothing_to_generate:  # the prompt comes back, as from the PyTorch loop
+            first = ids if not encoder_decoder else tf.fill((ids.shape[0], 1), tf.constant(decoding.start, tf.int32))
+            rows = tf.repeat(first, decoding.returned, axis=0)
             if not record:
                 return rows
             return output_class(sequences=rows, scores=() if config.get("output_scores") else None)
-        if beams > 1:
-            fill = (pad or eos[0]) if eos else -1  # the PyTorch beam search's fill value
-        else:
-            fill = pad if pad is not None else 0
-        plan = _Plan(max_length=max_length, expand=expand, eos=eos, pad=pad, fill=fill,
-                     processors=_Processors.from_config(config, prompt_length, beams > 1, logits_processor or ()),
-                     sample=sample, beams=beams, returned=returned, length_penalty=float(config.get("length_penalty")),
-                     early_stopping=config.get("early_stopping"), encoder_decoder=encoder_decoder, start=start,
-                     output_scores=record and bool(config.get("output_scores")), jit_compile=bool(jit_compile))
+        plan = decoding.plan(_Plan, _Processors, logits_processor,
+                             output_scores=record and bool(config.get("output_scores")), jit_compile=bool(jit_compile))
         out = self._generation_program(plan)(ids, mask, _seed(seed, sample))
-        return _finish(plan, out, prompt_length, record, output_class, trim=not graph)
+        return _finish(plan, out, decoding.prompt_length, record, output_class, trim=not graph)
 
     # ---- the compiled program ------------------------------------------------------------------------------------
     def _generation_program(self, plan: _Plan) -> Callable:
@@ -494,23 +422,7 @@ class TFGenerationMixin:
 def _eager_inputs(input_ids: Any, attention_mask: Any, pad: int | None) -> tuple[tf.Tensor, tf.Tensor]:
     """(ids, mask), int32 (B, S), from arrays, lists or tensors; without a mask, one is inferred from `pad` (None:
     not inferred) when the prompts hold it, as the PyTorch loop does."""
-    ids = np.asarray(input_ids)
-    if ids.ndim == 1:
-        ids = ids[None]
-    if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f"generate(): input_ids must be integer token ids of shape (B, S); got {ids.dtype} "
-                         f"{ids.shape}.")
-    ids = ids.astype(np.int32)
-    if attention_mask is None:
-        mask = np.ones_like(ids)
-        if pad is not None and (ids == pad).any():
-            mask = (ids != pad).astype(np.int32)
-    else:
-        mask = np.asarray(attention_mask).astype(np.int32)
-        if mask.ndim == 1:
-            mask = mask[None]
-        if mask.shape != ids.shape:
-            raise ValueError(f"generate(): attention_mask has shape {mask.shape}; input_ids has {ids.shape}.")
+    ids, mask = prompt_arrays(input_ids, attention_mask, pad)
     return tf.constant(ids), tf.constant(mask)
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -35,7 +34,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ..errors import ConfigError
+# inverse_frequencies: numpy, shared with the other framework; the families import it from here
+from ..layers.neutral import activation_table, inverse_frequencies, pick_activation  # noqa: F401
 
 try:  # XLA's in-place slice update; runs eagerly, in graphs and compiled (4.x's TF generation used it too)
     from tensorflow.compiler.tf2xla.python.xla import dynamic_update_slice as _dynamic_update_slice
@@ -43,7 +43,7 @@ except ImportError:  # pragma: no cover - a TensorFlow build without it
     _dynamic_update_slice = None
 
 
-# ---- initialisers ---------------------------------------------------------------------------------------------
+# ---- initialisers ----------------------------------------------------------------------------------------------------
 _SKIP_INIT = contextvars.ContextVar("pretrained_tf_skip_init", default=False)
 
 
@@ -112,30 +112,15 @@ def replace_variable(variable: Any, value: Any) -> None:
     variable._shape = tuple(int(d) for d in value.shape)
 
 
-# ---- activations ----------------------------------------------------------------------------------------------
-def _gelu_new(x: tf.Tensor) -> tf.Tensor:
-    """GELU's tanh approximation written out op by op, as GPT-2's "gelu_new" computes it."""
-    return 0.5 * x * (1.0 + tf.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * tf.pow(x, 3.0))))
-
-
-ACTIVATIONS = {
-    "silu": tf.nn.silu,
-    "swish": tf.nn.silu,
-    "gelu": lambda x: tf.nn.gelu(x, approximate=False),
-    "relu": tf.nn.relu,
-    "gelu_pytorch_tanh": lambda x: tf.nn.gelu(x, approximate=True),
-    "gelu_new": _gelu_new,
-    "tanh": tf.tanh,
-}
+# ---- activations -----------------------------------------------------------------------------------------------------
+ACTIVATIONS = activation_table(tf.nn.silu, tf.nn.gelu, tf.nn.relu, tf.tanh, tf.pow)
 
 
 def activation(name: str):
-    if name not in ACTIVATIONS:
-        raise ConfigError(f"Unknown activation '{name}'; known: {', '.join(sorted(ACTIVATIONS))}.")
-    return ACTIVATIONS[name]
+    return pick_activation(ACTIVATIONS, name)
 
 
-# ---- normalisation ------------------------------------------------------------------------------------------------
+# ---- normalisation ---------------------------------------------------------------------------------------------------
 class TFRMSNorm(keras.layers.Layer):
     """y = weight * x / sqrt(mean(x^2) + eps), normalised in float32; `offset=1.0` is Gemma's (1 + weight) form
     (weight initialised to zeros), computed in float32 too. The weight is named `weight`, as 4.x's TFMistral."""
@@ -158,33 +143,7 @@ class TFRMSNorm(keras.layers.Layer):
         return tf.cast(self.weight, dtype) * tf.cast(x32, dtype)
 
 
-# ---- rotary positions ---------------------------------------------------------------------------------------------
-def inverse_frequencies(rope: dict, head_dim: int) -> tuple[np.ndarray, float]:
-    """(inv_freq (head_dim/2,) float32, attention scaling) for the rope types the PyTorch side implements
-    (`layers/rotary.py`: default, linear, llama3), computed the same way in float32."""
-    base = float(rope["rope_theta"])
-    dim = int(head_dim * rope.get("partial_rotary_factor", 1.0))
-    exponent = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
-    inv_freq = (np.float32(1.0) / np.power(np.float32(base), exponent)).astype(np.float32)
-    kind = rope.get("rope_type", "default")
-    if kind == "default":
-        return inv_freq, 1.0
-    if kind == "linear":
-        return (inv_freq / np.float32(rope["factor"])).astype(np.float32), 1.0
-    if kind == "llama3":
-        factor, low, high = (np.float32(rope[k]) for k in ("factor", "low_freq_factor", "high_freq_factor"))
-        old_len = np.float32(rope["original_max_position_embeddings"])
-        wavelen = np.float32(2 * math.pi) / inv_freq
-        scaled = np.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
-        smooth = (old_len / wavelen - low) / (high - low)
-        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
-        return np.where(medium, smoothed, scaled).astype(np.float32), 1.0
-    raise ConfigError(
-        f"rope_type '{kind}' is not implemented (known: default, linear, llama3). Use a checkpoint with one of "
-        "those, or open an issue naming the model.")
-
-
+# ---- rotary positions (the frequencies, `inverse_frequencies`, come from layers/neutral.py) --------------------------
 def rotary_cos_sin(position_ids: tf.Tensor, inv_freq: np.ndarray, scaling: float, dtype) -> tuple[tf.Tensor, tf.Tensor]:
     """(cos, sin), each (B, T, D), for positions (B, T): computed from the positions (no table)."""
     freqs = tf.cast(position_ids, tf.float32)[..., None] * tf.constant(inv_freq)[None, None, :]
@@ -203,7 +162,7 @@ def apply_rotary(q: tf.Tensor, k: tf.Tensor, cos: tf.Tensor, sin: tf.Tensor) -> 
     return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
 
 
-# ---- the key/value cache and masks --------------------------------------------------------------------------------
+# ---- the key/value cache and masks -----------------------------------------------------------------------------------
 def cache_layout(past_key_values: Any, T: Any, cache_position: Any = None) -> tuple[tf.Tensor, Any]:
     """(q_positions (T,) int32: each new token's slot along the attended positions, kv_len S) for a call with T new
     tokens and this cache (see the module's doc)."""
@@ -257,7 +216,7 @@ def causal_mask(attention_mask: Any, q_positions: tf.Tensor, kv_len: Any,
     return allowed
 
 
-# ---- attention ------------------------------------------------------------------------------------------------
+# ---- attention -------------------------------------------------------------------------------------------------------
 def attend(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, mask: tf.Tensor, scaling: float, dropout: float = 0.0,
            training: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
     """Grouped-query attention: q (B, H, T, D), k and v (B, K, S, D), mask (B|1, 1, T, S) -> (out (B, T, H, D),

@@ -13,16 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from ..modeling.outputs import ModelOutput as _ModelOutput
+from ..modeling.neutral import SettableModelOutput
 
 
-class TFModelOutput(_ModelOutput):
+class TFModelOutput(SettableModelOutput):
     """Base of the TF output dataclasses."""
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        if key not in {f.name for f in fields(self)}:
-            raise KeyError(f"{type(self).__name__} has no field '{key}'")
-        setattr(self, key, value)
 
     def __tf_flatten__(self) -> tuple[tuple[str, ...], tuple[Any, ...]]:
         names = tuple(f.name for f in fields(self))
