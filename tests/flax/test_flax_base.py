@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import uuid
 
 import numpy as np
 import pytest
@@ -30,21 +29,16 @@ from pretrained import errors  # noqa: E402
 from pretrained.checkpoint.numpy_writer import write_safetensors  # noqa: E402
 from pretrained.checkpoint.header import read_header  # noqa: E402
 
-CONFIG = dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-              num_key_value_heads=2, pad_token_id=0, initializer_range=0.2, max_position_embeddings=64)
-IDS = np.random.RandomState(0).randint(2, 99, (2, 7)).astype(np.int32)
+from flax_tf_common import IDS, LLAMA_TINY as CONFIG, llama_checkpoint  # noqa: E402
+from flax_tf_common import assert_close as _close, files as _files  # noqa: E402
+from flax_tf_common import assert_no_weights, assert_push_and_reload, assert_shape_mismatch_error  # noqa: E402
+from flax_tf_common import assert_unexpected_head_reported, assert_wrong_config_class, pytorch_logits  # noqa
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     """(folder, our PyTorch LlamaForCausalLM, its logits on IDS)."""
-    folder = tmp_path_factory.mktemp("flax-base-ckpt")
-    torch.manual_seed(0)
-    pt = pretrained.LlamaForCausalLM.from_config(pretrained.LlamaConfig(**CONFIG)).eval()
-    pt.save_pretrained(folder)
-    with torch.no_grad():
-        logits = pt(torch.tensor(IDS, dtype=torch.long)).logits.numpy()
-    return folder, pt, logits
+    return llama_checkpoint(tmp_path_factory.mktemp("flax-base-ckpt"))
 
 
 @pytest.fixture(scope="module")
@@ -52,19 +46,11 @@ def fx(ckpt):
     return pretrained.FlaxLlamaForCausalLM.from_pretrained(ckpt[0])
 
 
-def _close(a, b, atol=1e-5):
-    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), atol=atol, rtol=0)
-
-
 def _same_params(a, b):
     fa, fb = flatten_dict(a), flatten_dict(b)
     assert set(fa) == set(fb)
     for k in fa:
         assert fa[k].dtype == fb[k].dtype and np.array_equal(np.asarray(fa[k]), np.asarray(fb[k])), k
-
-
-def _files(folder):
-    return sorted(n for n in os.listdir(folder) if not n.startswith("."))
 
 
 # ---- PyTorch-layout safetensors ---------------------------------------------------------------------------------
@@ -81,8 +67,7 @@ def test_default_save_loads_in_our_pytorch_class(fx, tmp_path):
     assert config["architectures"] == ["LlamaForCausalLM"] and config["dtype"] == "float32"
     pt = pretrained.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert pt.loading_info.missing_keys == [] and pt.loading_info.unexpected_keys == []
-    with torch.no_grad():
-        _close(pt(torch.tensor(IDS, dtype=torch.long)).logits, fx(IDS).logits)
+    _close(pytorch_logits(pt), fx(IDS).logits)
     _same_params(pretrained.FlaxLlamaForCausalLM.from_pretrained(tmp_path).params, fx.params)
 
 
@@ -90,8 +75,7 @@ def test_default_save_loads_in_transformers(fx, tmp_path):
     transformers = pytest.importorskip("transformers")
     fx.save_pretrained(tmp_path)
     ref = transformers.LlamaForCausalLM.from_pretrained(tmp_path).eval()
-    with torch.no_grad():
-        _close(ref(torch.tensor(IDS, dtype=torch.long)).logits, fx(IDS).logits)
+    _close(pytorch_logits(ref), fx(IDS).logits)
 
 
 def test_sharded_safetensors_both_ways(ckpt, fx, tmp_path):
@@ -106,8 +90,7 @@ def test_sharded_safetensors_both_ways(ckpt, fx, tmp_path):
     index = json.loads((tmp_path / "fx" / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"]) == set(pt.state_dict()) and set(index["weight_map"].values()) == set(shards)
     back = pretrained.AutoModelForCausalLM.from_pretrained(tmp_path / "fx").eval()
-    with torch.no_grad():
-        _close(back(torch.tensor(IDS, dtype=torch.long)).logits, logits)
+    _close(pytorch_logits(back), logits)
 
 
 def test_bf16_checkpoint_keeps_its_dtype(ckpt, tmp_path):
@@ -251,19 +234,11 @@ def test_missing_weights_with_do_init_false(ckpt, tmp_path, caplog):
 
 
 def test_unexpected_weights_reported(ckpt):
-    model, info = pretrained.FlaxLlamaModel.from_pretrained(ckpt[0], output_loading_info=True)
-    assert info["unexpected_keys"] == ["lm_head.weight"] and info["missing_keys"] == []
-    with torch.no_grad():
-        ref = pretrained.LlamaModel.from_pretrained(ckpt[0])(torch.tensor(IDS, dtype=torch.long)).last_hidden_state
-    _close(model(IDS).last_hidden_state, ref)
+    assert_unexpected_head_reported(pretrained.FlaxLlamaModel, ckpt[0])
 
 
 def test_shape_mismatch_is_a_typed_error(ckpt):
-    with pytest.raises(errors.ShapeMismatchError) as e:
-        pretrained.FlaxLlamaForCausalLM.from_pretrained(ckpt[0], intermediate_size=40)
-    text = str(e.value)
-    assert "6 tensor(s)" in text and "'model.layers.0.mlp.gate_proj.weight'" in text
-    assert str(ckpt[0] / "model.safetensors") in text and "[37, 32]" in text and "ignore_mismatched_sizes" in text
+    assert_shape_mismatch_error(pretrained.FlaxLlamaForCausalLM, ckpt[0])
     model, info = pretrained.FlaxLlamaForCausalLM.from_pretrained(ckpt[0], intermediate_size=40,
                                                                    ignore_mismatched_sizes=True,
                                                                    output_loading_info=True)
@@ -291,14 +266,7 @@ def test_to_bf16_with_mask(fx):
 
 # ---- bad input ------------------------------------------------------------------------------------------------------
 def test_no_weights(ckpt, tmp_path):
-    pretrained.LlamaConfig(**CONFIG).save_pretrained(tmp_path)
-    with pytest.raises(errors.CheckpointNotFoundError, match="flax_model.msgpack.*model.safetensors"):
-        pretrained.FlaxLlamaForCausalLM.from_pretrained(tmp_path)
-    pretrained.LlamaForCausalLM.from_pretrained(ckpt[0]).save_pretrained(tmp_path, safe_serialization=False)
-    with pytest.raises(errors.CheckpointNotFoundError, match="pytorch_model.bin.*save_pretrained"):
-        pretrained.FlaxLlamaForCausalLM.from_pretrained(tmp_path)
-    with pytest.raises(errors.CheckpointNotFoundError):
-        pretrained.FlaxLlamaForCausalLM.from_pretrained(tmp_path / "nowhere")
+    assert_no_weights(pretrained.FlaxLlamaForCausalLM, ckpt[0], tmp_path, "flax_model.msgpack.*model.safetensors")
 
 
 def test_corrupt_files_name_the_file(fx, tmp_path):
@@ -323,10 +291,7 @@ def test_corrupt_files_name_the_file(fx, tmp_path):
 
 
 def test_wrong_config_class(ckpt):
-    with pytest.raises(errors.ConfigError, match="needs a LlamaConfig"):
-        pretrained.FlaxLlamaForCausalLM(pretrained.GPT2Config())
-    with pytest.raises(TypeError, match="not_a_key"):
-        pretrained.FlaxLlamaForCausalLM.from_pretrained(ckpt[0], not_a_key=1)
+    assert_wrong_config_class(pretrained.FlaxLlamaForCausalLM, ckpt[0])
 
 
 # ---- the rest of the API ---------------------------------------------------------------------------------------------
@@ -382,10 +347,5 @@ def test_num_parameters_and_params_setter(fx):
 
 
 def test_push_to_hub_and_load_by_repo_id(hub_server, hub_cache, fx):
-    repo = f"test-org/flax-push-{uuid.uuid4().hex[:6]}"
-    fx.push_to_hub(repo, token=hub_server.token)
-    model = pretrained.FlaxAutoModelForCausalLM.from_pretrained(repo, token=hub_server.token)
-    _same_params(model.params, fx.params)
-    pt = pretrained.AutoModelForCausalLM.from_pretrained(repo, token=hub_server.token).eval()
-    with torch.no_grad():
-        _close(pt(torch.tensor(IDS, dtype=torch.long)).logits, fx(IDS).logits)
+    assert_push_and_reload(hub_server, fx, pretrained.FlaxAutoModelForCausalLM, "flax-push",
+                           lambda model, fx: _same_params(model.params, fx.params))

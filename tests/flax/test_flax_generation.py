@@ -7,10 +7,7 @@ float differences between the frameworks cannot flip a token) and read by both f
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -18,65 +15,22 @@ import pytest
 flax = pytest.importorskip("flax", reason="jax/flax not installed (pip install pretrained[flax])")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import torch  # noqa: E402
 
 import pretrained  # noqa: E402
-from pretrained.errors import ConfigError  # noqa: E402
 from pretrained.flax import generation as fg  # noqa: E402
-from pretrained.generation import logits as lp  # noqa: E402
 
-V = 64
-SMALL = dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.2, bos_token_id=1, eos_token_id=2,
-             pad_token_id=0)
-CONFIGS = {
-    "llama": lambda: pretrained.LlamaConfig(**SMALL),
-    "mistral": lambda: pretrained.MistralConfig(**SMALL, sliding_window=6),  # the window matters in 14 tokens
-    "qwen2": lambda: pretrained.Qwen2Config(**SMALL),
-    "gemma": lambda: pretrained.GemmaConfig(**{**SMALL, "head_dim": 8}),
-    "gpt2": lambda: pretrained.GPT2Config(vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=64,
-                                          initializer_range=0.2, bos_token_id=1, eos_token_id=2),
-    "t5": lambda: pretrained.T5Config(vocab_size=V, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-                                      initializer_factor=4.0, decoder_start_token_id=0, eos_token_id=2,
-                                      pad_token_id=0),
-}
-
-
-def _save(family: str, folder) -> None:
-    torch.manual_seed(0)
-    config = CONFIGS[family]()
-    auto = pretrained.AutoModelForSeq2SeqLM if family == "t5" else pretrained.AutoModelForCausalLM
-    auto.from_config(config).save_pretrained(folder)
+from flax_tf_common import GEN_FAMILIES, assert_generate_errors, generation_models, prompts as _prompts  # noqa
+from flax_tf_common import THROUGHPUT, demo_max_diff, greedy_words, processor_cases, repetition_penalty_case  # noqa
+from flax_tf_common import assert_cli_beams_and_device_map, cli_args, cli_checkpoint, cli_generate_code  # noqa
+from flax_tf_common import run_cli_code, scores_and_ids as _scores_and_ids  # noqa: E402
+from flax_tf_common import MORE_SETTINGS, MORE_SETTINGS_IDS, assert_stops_then_pads, eos_from, settings_prompts  # noqa
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """models(family) -> (our PyTorch model, our Flax model, folder), both loaded from one checkpoint folder, built
     once per module: a Flax model keeps its compiled decoding programs, so tests that share settings share them."""
-    loaded = {}
-
-    def get(family: str):
-        if family not in loaded:
-            folder = tmp_path_factory.mktemp(f"flax-gen-{family}")
-            _save(family, folder)
-            if family == "t5":
-                loaded[family] = (pretrained.AutoModelForSeq2SeqLM.from_pretrained(folder).eval(),
-                                  pretrained.FlaxAutoModelForSeq2SeqLM.from_pretrained(folder), folder)
-            else:
-                loaded[family] = (pretrained.AutoModelForCausalLM.from_pretrained(folder).eval(),
-                                  pretrained.FlaxAutoModelForCausalLM.from_pretrained(folder), folder)
-        return loaded[family]
-
-    return get
-
-
-def _prompts():
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(3, V, (3, 7), generator=g)
-    mask = torch.ones_like(ids)
-    mask[1, :2] = 0
-    mask[2, :4] = 0
-    return ids.masked_fill(mask == 0, 0), mask
+    return generation_models(tmp_path_factory, "Flax")
 
 
 def _same(torch_model, flax_model, ids, mask, **kw):
@@ -94,7 +48,7 @@ def _same(torch_model, flax_model, ids, mask, **kw):
 
 
 # ---- tokens equal PyTorch's ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("family", list(CONFIGS))
+@pytest.mark.parametrize("family", GEN_FAMILIES)
 def test_greedy_and_beam_tokens_equal_pytorch(models, family):
     """Greedy on a single prompt and on a left-padded batch, beam search on the batch (its row 0 is unpadded)."""
     torch_model, flax_model, _ = models(family)
@@ -115,28 +69,17 @@ def test_eos_stops_and_pads(models):
     free = np.asarray(free.sequences)
     start = 1 if flax_model.config.is_encoder_decoder else ids.shape[1]
     assert free.shape == (3, start + 10)
-    eos = [int(free[0, start + 2]), int(free[1, start + 5])]
+    eos = eos_from(free, start)
     out = np.asarray(_same(torch_model, flax_model, ids, mask, max_new_tokens=10, eos_token_id=eos,
                            pad_token_id=0).sequences)
-    row0 = out[0, start:].tolist()
-    first = next(k for k, t in enumerate(row0) if t in eos)
-    assert first <= 2 and all(t == 0 for t in row0[first + 1:])  # stopped, then padding
+    assert_stops_then_pads(out, start, eos)
     _same(torch_model, flax_model, ids, mask, max_new_tokens=10, eos_token_id=eos, pad_token_id=0, num_beams=3)
 
 
-@pytest.mark.parametrize("kw", [
-    dict(max_new_tokens=6, num_beams=3),
-    dict(max_new_tokens=6, num_beams=3, num_return_sequences=2, length_penalty=0.5, early_stopping=True),
-    dict(max_new_tokens=6, num_beams=4, early_stopping="never"),
-    dict(max_new_tokens=8, repetition_penalty=1.5, no_repeat_ngram_size=2),
-    dict(max_new_tokens=8, min_new_tokens=5, eos_token_id=[2, 5]),
-    dict(max_length=12, eos_token_id=None),
-], ids=["beam", "beam_returns", "beam_never", "penalties", "min_new_tokens", "max_length"])
+@pytest.mark.parametrize("kw", MORE_SETTINGS, ids=MORE_SETTINGS_IDS)
 def test_more_settings_equal_pytorch(models, kw):
     torch_model, flax_model, _ = models("llama")
-    ids, mask = _prompts()
-    if kw.get("num_beams") == 3 and "num_return_sequences" not in kw:
-        ids, mask = ids[:1], None  # beam search on a single prompt
+    ids, mask = settings_prompts(kw)
     out = _same(torch_model, flax_model, ids, mask, **kw)
     if "max_length" in kw:
         assert out.sequences.shape == (3, 12)
@@ -237,12 +180,7 @@ def test_second_call_does_not_compile(models):
 def test_errors(models):
     _, flax_model, folder = models("llama")
     ids, _ = _prompts()
-    with pytest.raises(ConfigError, match="num_return_sequences"):
-        flax_model.generate(ids.numpy(), num_beams=2, num_return_sequences=3)
-    with pytest.raises(ConfigError, match="Unknown generation arguments: nonsense"):
-        flax_model.generate(ids.numpy(), nonsense=1)
-    with pytest.raises(ValueError, match="stop_strings"):
-        flax_model.generate(ids.numpy(), stop_strings=["x"])
+    assert_generate_errors(flax_model, ids.numpy())
     base = pretrained.FlaxAutoModel.from_pretrained(folder)
     assert not base.can_generate() and flax_model.can_generate()
     with pytest.raises(TypeError, match="cannot generate"):
@@ -250,31 +188,7 @@ def test_errors(models):
 
 
 # ---- processors: each equals its PyTorch namesake on the same scores -----------------------------------------------
-def _scores_and_ids(cur: int, L: int = 12, n: int = 4):
-    g = torch.Generator().manual_seed(5)
-    scores = torch.randn(n, V, generator=g) * 3
-    ids = torch.randint(0, 8, (n, L), generator=g)  # a small range: repeated tokens and n-grams
-    ids[:, cur:] = -1  # past the current length: nothing (the fill value)
-    return scores, ids
-
-
-@pytest.mark.parametrize("name, torch_fn, jax_fn", [
-    ("top_k", lambda i, s: lp.top_k(i, s, 5), lambda q, s, c: fg.top_k(q, s, c, 5)),
-    ("top_k_keep", lambda i, s: lp.top_k(i, s, 1, min_keep=3), lambda q, s, c: fg.top_k(q, s, c, 1, 3)),
-    ("top_p", lambda i, s: lp.top_p(i, s, 0.8), lambda q, s, c: fg.top_p(q, s, c, 0.8)),
-    ("top_p_keep", lambda i, s: lp.top_p(i, s, 0.05, min_keep=2), lambda q, s, c: fg.top_p(q, s, c, 0.05, 2)),
-    ("min_p", lambda i, s: lp.min_p(i, s, 0.1), lambda q, s, c: fg.min_p(q, s, c, 0.1)),
-    ("temperature", lambda i, s: lp.temperature(i, s, 0.7), lambda q, s, c: fg.temperature(q, s, c, 0.7)),
-    ("repetition", lambda i, s: lp.repetition_penalty(i, s, 1.3),
-     lambda q, s, c: fg.repetition_penalty(q, s, c, 1.3)),
-    ("ngram2", lambda i, s: lp.no_repeat_ngram(i, s, 2), lambda q, s, c: fg.no_repeat_ngram(q, s, c, 2)),
-    ("ngram3", lambda i, s: lp.no_repeat_ngram(i, s, 3), lambda q, s, c: fg.no_repeat_ngram(q, s, c, 3)),
-    ("ngram1", lambda i, s: lp.no_repeat_ngram(i, s, 1), lambda q, s, c: fg.no_repeat_ngram(q, s, c, 1)),
-    ("min_length", lambda i, s: lp.min_length(i, s, 10, [2, 3]),
-     lambda q, s, c: fg.min_length(q, s, c, 10, (2, 3))),
-    ("min_new_tokens", lambda i, s: lp.min_new_tokens(i, s, 4, 5, [2]),
-     lambda q, s, c: fg.min_new_tokens(q, s, c, 4, 5, (2,))),
-])
+@pytest.mark.parametrize("name, torch_fn, jax_fn", processor_cases(fg))
 @pytest.mark.parametrize("cur", [2, 9])
 def test_processor_equals_pytorch(name, torch_fn, jax_fn, cur):
     scores, ids = _scores_and_ids(cur)
@@ -285,72 +199,33 @@ def test_processor_equals_pytorch(name, torch_fn, jax_fn, cur):
 
 
 def test_repetition_penalty_skips_prompt_padding():
-    scores, ids = _scores_and_ids(9)
-    ignore = torch.zeros(4, 9, dtype=torch.bool)
-    ignore[1, :3] = True
-    expected = lp.repetition_penalty(ids[:, :9], scores, 1.7, ignore).numpy()
-    counted = np.ones((4, 12), dtype=bool)
-    counted[1, :3] = False
+    scores, ids, expected, counted = repetition_penalty_case()
     actual = fg.repetition_penalty(jnp.asarray(ids.numpy()), jnp.asarray(scores.numpy()), 9, 1.7,
                                    jnp.asarray(counted))
     np.testing.assert_allclose(np.asarray(actual), expected, rtol=1e-6)
 
 
 # ---- command line -------------------------------------------------------------------------------------------------
-def _tokenizer(folder):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    tokenizer = Tokenizer(models.WordLevel({f"w{i}": i for i in range(V)}, unk_token="w3"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.save(str(folder / "tokenizer.json"))
-    return tokenizer
-
-
 def test_cli_generate_framework_flax_without_torch(models, tmp_path):
     """`pretrained generate PATH --framework flax` prints PyTorch's greedy tokens and never imports torch."""
-    import shutil
-
-    torch_model, _, folder = models("llama")
-    folder = shutil.copytree(folder, tmp_path / "ckpt")
-    tokenizer = _tokenizer(folder)
+    torch_model, folder, tokenizer = cli_checkpoint(models, tmp_path)
     prompt = "w5 w40 w33 w17 w12"
-    code = ("import sys; from pretrained.cli import main; "
-            f"status = main(['generate', {str(folder)!r}, '--prompt', {prompt!r}, '--max-new-tokens', '6', "
-            "'--framework', 'flax']); print('torch imported:', 'torch' in sys.modules); sys.exit(status)")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr
-    ids = torch.tensor([tokenizer.encode(prompt).ids])
-    expected = torch_model.generate(ids, max_new_tokens=6)[0].tolist()  # the prompt, then up to EOS
-    assert done.stdout.split() == [f"w{i}" for i in expected] + ["torch", "imported:", "False"]
-    assert re.search(r"\[\d+ tokens in [\d.]+ s, [\d.]+ tokens/s, compiling included\]", done.stderr)
+    done = run_cli_code(cli_generate_code(folder, prompt, "flax", "import sys; ",
+                                          "print('torch imported:', 'torch' in sys.modules)"))
+    assert done.stdout.split() == greedy_words(torch_model, tokenizer, prompt) + ["torch", "imported:", "False"]
+    assert re.search(THROUGHPUT, done.stderr)
 
 
 def test_cli_generate_framework_flax_sampling_and_beams(models, tmp_path, capsys):
-    import shutil
-
     from pretrained.cli import main
 
-    torch_model, _, folder = models("llama")
-    folder = shutil.copytree(folder, tmp_path / "ckpt")
-    _tokenizer(folder)
-    base = ["generate", str(folder), "--prompt", "w5 w40 w33", "--max-new-tokens", "4", "--framework", "flax"]
+    torch_model, folder, _ = cli_checkpoint(models, tmp_path)
+    base = cli_args(folder, "flax")
     assert main(base + ["--do-sample", "--top-k", "5", "--seed", "3", "--dtype", "float32"]) == 0
     words = capsys.readouterr().out.split()
     assert words[:3] == ["w5", "w40", "w33"] and 4 <= len(words) <= 7
-    assert main(base + ["--num-beams", "2"]) == 0
-    ids = torch.tensor([[5, 40, 33]])
-    expected = torch_model.generate(ids, max_new_tokens=4, num_beams=2)[0].tolist()
-    assert capsys.readouterr().out.split() == [f"w{i}" for i in expected]
-    assert main(base + ["--device-map", "auto"]) == 2
-    assert "--device-map" in capsys.readouterr().err
+    assert_cli_beams_and_device_map(main, capsys, base, torch_model)
 
 
 def test_demo_runs_the_flax_class(capsys):
-    from pretrained.cli import main
-
-    assert main(["demo"]) == 0
-    out = capsys.readouterr().out
-    found = re.search(r"^flax\s+FlaxLlamaForCausalLM, max \|logits - PyTorch\| ([\d.e+-]+) \(float32\)", out, re.M)
-    assert found, out
-    assert float(found.group(1)) < 1e-4
+    assert demo_max_diff(capsys, r"^flax\s+FlaxLlamaForCausalLM") < 1e-4

@@ -26,6 +26,8 @@ from pretrained.models.gpt2 import (  # noqa: E402
     GPT2Model,
 )
 
+from flax_tf_common import close, reload_in_pytorch, save_perturbed  # noqa: E402
+
 V = 99
 TINY = dict(vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=64, initializer_range=0.2)
 VARIANTS = {
@@ -37,18 +39,6 @@ VARIANTS = {
 PAIRS = {"Model": (GPT2Model, FlaxGPT2Model), "LMHeadModel": (GPT2LMHeadModel, FlaxGPT2LMHeadModel)}
 
 
-def perturb(model):
-    """Noise on every parameter: biases and norms leave their initial zeros and ones, so that a parameter read
-    into the wrong place changes the outputs."""
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-
-
-def close(actual, expected, what=""):
-    np.testing.assert_allclose(np.asarray(actual), np.asarray(expected), atol=1e-5, rtol=1e-5, err_msg=what)
-
-
 CASES = [("default", "Model"), ("default", "LMHeadModel"), ("untied", "LMHeadModel")]
 
 
@@ -57,11 +47,8 @@ def pair(request, tmp_path_factory):
     """(PyTorch model, Flax model loaded from its save, folder)."""
     variant, name = request.param
     torch_cls, flax_cls = PAIRS[name]
-    torch.manual_seed(0)
-    model = torch_cls(GPT2Config(**TINY, **VARIANTS[variant])).eval()
-    perturb(model)
     folder = tmp_path_factory.mktemp(f"gpt2-{variant}-{name}")
-    model.save_pretrained(folder)
+    model = save_perturbed(torch_cls, GPT2Config(**TINY, **VARIANTS[variant]), folder)
     flax_model, info = flax_cls.from_pretrained(folder, output_loading_info=True)
     assert info["missing_keys"] == [] and info["unexpected_keys"] == [], info
     return model, flax_model, folder
@@ -191,8 +178,7 @@ def test_flax_save_loads_in_pytorch(pair, tmp_path):
     model, flax_model, _ = pair
     flax_model.save_pretrained(tmp_path)
     torch_cls = type(model)
-    reloaded, info = torch_cls.from_pretrained(tmp_path, output_loading_info=True)
-    assert info["missing_keys"] == [] and info["unexpected_keys"] == [] and info["mismatched_keys"] == []
+    reloaded = reload_in_pytorch(model, tmp_path)
     ids, mask, positions = batch()
     real = mask.astype(bool)
     close(main(torch_out(reloaded.eval(), ids, mask, positions)).numpy()[real],

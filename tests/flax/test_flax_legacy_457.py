@@ -14,7 +14,6 @@ an isolated environment, never in this one; see that script). Here, with our cla
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
@@ -27,36 +26,19 @@ pytest.importorskip("flax", reason="the Flax classes need flax (pip install pret
 import jax.numpy as jnp  # noqa: E402
 from flax.serialization import msgpack_restore  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "flax457"
-if not (DATA / "inputs.json").is_file():
-    pytest.skip("tests/data/flax457 is missing: run tests/reference/record_flax_457.py", allow_module_level=True)
+from flax_tf_common import assert_as_base, assert_outputs, check_ours_in_457, load_recordings  # noqa: E402
+from flax_tf_common import our_class as _our_class, recorded_models  # noqa: E402
 
-INPUTS = json.loads((DATA / "inputs.json").read_text())
-CASES = {p.name: json.loads((p / "expected.json").read_text())
-         for p in sorted(DATA.iterdir()) if (p / "expected.json").is_file()}
+DATA = Path(__file__).resolve().parents[1] / "data" / "flax457"
+INPUTS, CASES = load_recordings(DATA, "record_flax_457.py")
 BASE_CLASS = {"bert": "FlaxBertModel", "gpt2": "FlaxGPT2Model", "t5": "FlaxT5Model", "llama": "FlaxLlamaModel",
               "mistral": "FlaxMistralModel", "gemma": "FlaxGemmaModel"}
-ATOL = RTOL = 1e-5
 
 
 def our_class(family: str, name: str):
     """Our Flax class by its 4.x name: the package export, else the family's modeling_flax module. Skips while the
     family's Flax module does not exist yet; any other import error fails."""
-    import pretrained
-
-    cls = getattr(pretrained, name, None)
-    if cls is None:
-        module = f"pretrained.models.{family}.modeling_flax"
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            pytest.skip(f"{module} does not exist yet")
-        cls = getattr(mod, name, None)
-    if cls is None:
-        pytest.skip(f"{name} is not implemented yet")
-    return cls
+    return _our_class(family, name, "flax")
 
 
 def forward_kwargs(meta: dict) -> dict:
@@ -88,14 +70,6 @@ def file_tree(folder: Path) -> dict[str, np.ndarray]:
     return tree
 
 
-def assert_outputs(out, meta: dict, folder: Path) -> None:
-    for field in meta["fields"]:
-        got = getattr(out, field, None)
-        assert got is not None, f"output has no {field}"
-        np.testing.assert_allclose(np.asarray(got, dtype=np.float32), np.load(folder / f"{field}.npy"),
-                                   atol=ATOL, rtol=RTOL, err_msg=f"{meta['class']}.{field}")
-
-
 def _ids(items):
     return list(items)
 
@@ -103,15 +77,7 @@ def _ids(items):
 @pytest.fixture(scope="module")
 def loaded():
     """Each case's model, loaded once from its recorded folder (from_pretrained compiles nothing; outputs do)."""
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            meta = CASES[name]
-            cache[name] = our_class(meta["family"], meta["class"]).from_pretrained(DATA / name)
-        return cache[name]
-
-    return get
+    return recorded_models(CASES, DATA, our_class)
 
 
 def test_recordings_are_complete():
@@ -147,8 +113,7 @@ def test_head_folder_loads_into_base_class(name):
     base = our_class(meta["family"], meta["as_base"]["class"]).from_pretrained(DATA / name)
     kw = forward_kwargs(meta)
     out = base(**kw)
-    np.testing.assert_allclose(np.asarray(getattr(out, meta["as_base"]["field"]), dtype=np.float32),
-                               np.load(DATA / name / "as_base.npy"), atol=ATOL, rtol=RTOL)
+    assert_as_base(out, meta, DATA / name)
 
 
 @pytest.mark.parametrize("name", ["bert_model", "llama_causal_lm_sharded"])
@@ -233,10 +198,5 @@ def test_sharded_msgpack_save_restores_to_457_tree(loaded, tmp_path):
 def test_our_msgpack_files_load_in_457():
     """Recorded by `record_flax_457.py --check-ours` (4.57 is not installed here): each folder our Flax classes
     saved as msgpack loaded in 4.57 with every parameter from the file and outputs equal to ours."""
-    path = DATA / "ours_in_457.json"
-    if not path.is_file():
-        pytest.skip("ours_in_457.json not recorded yet: run record_flax_457.py --check-ours with 4.57")
-    result = json.loads(path.read_text())
-    failed = {k: v for k, v in result["cases"].items() if not v.get("ok")}
-    assert not failed, failed
-    assert set(result["cases"]) >= set(CASES) - {n for n, m in CASES.items() if m["options"].get("bf16")}
+    check_ours_in_457(DATA, "record_flax_457.py",
+                      set(CASES) - {n for n, m in CASES.items() if m["options"].get("bf16")})

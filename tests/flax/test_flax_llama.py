@@ -14,30 +14,20 @@ import pytest
 flax = pytest.importorskip("flax", reason="jax/flax not installed (pip install pretrained[flax])")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import torch  # noqa: E402
 
 import pretrained  # noqa: E402
 from pretrained import registry  # noqa: E402
 
-ATOL = 1e-5
-BASE = dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, pad_token_id=0, initializer_range=0.2, max_position_embeddings=64)
-FAMILIES = {
-    "llama": dict(BASE),
-    "mistral": dict(BASE, sliding_window=4),  # the window cuts into 9-token sequences
-    "qwen2": dict(BASE, use_sliding_window=True, sliding_window=3, max_window_layers=1),  # layer 1 slides
-    "gemma": dict(BASE, head_dim=8),  # tied head, (1 + w) norms, scaled embeddings, gelu-tanh
-}
+from flax_tf_common import CLEAN, LLAMA_FAMILIES as FAMILIES, LLAMA_PREFIX as PREFIX, LLAMA_TINY as BASE  # noqa
+from flax_tf_common import assert_close as _close, llama_ids as _ids, torch_forward as _pt  # noqa: E402
+from flax_tf_common import ROPE_CASES, assert_window_of_4, left_padded, llama_family, long_mistral_config  # noqa
+from flax_tf_common import assert_left_padded_batch, assert_logits_and_states, rope_scaled_llama, window_config  # noqa
 
 
 class Family:
     def __init__(self, model_type: str, folder) -> None:
         self.model_type, self.folder = model_type, folder
-        config = registry.config_class(model_type)(**FAMILIES[model_type])
-        torch.manual_seed(0)
-        pretrained.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-        self.pt = pretrained.AutoModelForCausalLM.from_pretrained(folder).eval()
-        self.pt_base = pretrained.AutoModel.from_pretrained(folder).eval()
+        self.pt, self.pt_base = llama_family(model_type, folder)
         self.fx = pretrained.FlaxAutoModelForCausalLM.from_pretrained(folder)
         self.fx_base = pretrained.FlaxAutoModel.from_pretrained(folder)
 
@@ -47,26 +37,11 @@ def fam(request, tmp_path_factory) -> Family:
     return Family(request.param, tmp_path_factory.mktemp(f"flax-{request.param}"))
 
 
-def _ids(batch=2, seq=9, seed=1):
-    return np.random.RandomState(seed).randint(2, BASE["vocab_size"], (batch, seq)).astype(np.int32)
-
-
-def _pt(model, ids, **kw):
-    with torch.no_grad():
-        return model(torch.tensor(np.asarray(ids), dtype=torch.long),
-                     **{k: torch.tensor(np.asarray(v), dtype=torch.long) for k, v in kw.items()})
-
-
-def _close(a, b, atol=ATOL):
-    np.testing.assert_allclose(np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32), atol=atol, rtol=0)
-
-
 def test_classes_and_names(fam):
-    prefix = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "gemma": "Gemma"}[fam.model_type]
+    prefix = PREFIX[fam.model_type]
     assert type(fam.fx).__name__ == f"Flax{prefix}ForCausalLM" and type(fam.fx_base).__name__ == f"Flax{prefix}Model"
     assert fam.fx.can_generate() and not fam.fx_base.can_generate()
-    assert fam.fx.loading_info.as_dict() == {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [],
-                                             "error_msgs": []}
+    assert fam.fx.loading_info.as_dict() == CLEAN
     layer = fam.fx.params["model"]["layers"]["0"]
     assert set(layer) == {"input_layernorm", "self_attn", "post_attention_layernorm", "mlp"}
     assert set(layer["self_attn"]["q_proj"]) == ({"kernel", "bias"} if fam.model_type == "qwen2" else {"kernel"})
@@ -79,14 +54,7 @@ def test_classes_and_names(fam):
 
 
 def test_causal_lm_logits_equal_pytorch(fam):
-    ids = _ids()
-    ref = _pt(fam.pt, ids, output_hidden_states=True)
-    out = fam.fx(ids, output_hidden_states=True)
-    _close(out.logits, ref.logits)
-    assert len(out.hidden_states) == len(ref.hidden_states) == 3
-    for a, b in zip(out.hidden_states, ref.hidden_states):
-        _close(a, b)
-    assert out[0] is out.logits and out["logits"] is out.logits
+    assert_logits_and_states(fam.fx, fam.pt)
 
 
 def test_base_model_equals_pytorch(fam):
@@ -99,26 +67,13 @@ def test_base_model_equals_pytorch(fam):
 
 
 def test_left_padded_batch(fam):
-    ids = _ids(seed=3)
-    mask = np.ones_like(ids)
-    mask[0, :3] = 0  # row 0 is left-padded by 3
-    ids[0, :3] = 0
-    positions = np.clip(mask.cumsum(-1) - 1, 0, None)
-    ref = _pt(fam.pt, ids, attention_mask=mask, position_ids=positions).logits.numpy()
-    out = np.asarray(fam.fx(ids, attention_mask=mask, position_ids=positions).logits)
-    _close(out[mask == 1], ref[mask == 1])
-    alone = np.asarray(fam.fx(ids[:1, 3:]).logits)  # the padded row equals the row without padding
-    _close(out[0, 3:], alone[0])
+    assert_left_padded_batch(fam.fx, fam.pt)
 
 
 def test_cache_step_by_step(fam):
     """Prefill a left-padded prompt into a fixed-size cache, then one token at a time: every step's logits equal
     the full forward's at that position (PyTorch, no cache)."""
-    ids = _ids(seq=10, seed=4)
-    mask = np.ones_like(ids)
-    mask[1, :2] = 0
-    ids[1, :2] = 0
-    positions = np.clip(mask.cumsum(-1) - 1, 0, None)
+    ids, mask, positions = left_padded(seq=10, seed=4, row=1, pad=2)
     ref = _pt(fam.pt, ids, attention_mask=mask, position_ids=positions).logits.numpy()
     B, L, P = 2, 12, 5  # cache of 12 slots, a 5-token prompt
     cache = fam.fx.init_cache(B, L)
@@ -161,33 +116,22 @@ def test_dropout_only_in_train(fam):
     _close(a, fam.fx(ids).logits)
 
 
-@pytest.mark.parametrize("rope", [
-    {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0},
-    {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-     "original_max_position_embeddings": 16, "rope_theta": 500000.0},
-])
+@pytest.mark.parametrize("rope", ROPE_CASES)
 def test_rope_scaling_equals_pytorch(tmp_path, rope):
-    config = pretrained.LlamaConfig(**BASE, rope_parameters=rope)
-    torch.manual_seed(0)
-    pretrained.LlamaForCausalLM.from_config(config).save_pretrained(tmp_path)
-    ids = _ids(seq=20, seed=8)
-    _close(pretrained.FlaxLlamaForCausalLM.from_pretrained(tmp_path)(ids).logits,
-           _pt(pretrained.LlamaForCausalLM.from_pretrained(tmp_path).eval(), ids).logits)
+    ids, expected = rope_scaled_llama(tmp_path, rope)
+    _close(pretrained.FlaxLlamaForCausalLM.from_pretrained(tmp_path)(ids).logits, expected)
 
 
 def test_sliding_window_is_pytorchs():
     """Query q sees keys q - W < k <= q: with W=4, position 8 attends to 5..8 (4.x's Flax Mistral also saw 4)."""
-    config = pretrained.MistralConfig(**dict(BASE, num_hidden_layers=1, sliding_window=4))
-    model = pretrained.FlaxMistralModel(config)
-    weights = np.asarray(model(_ids(seq=9), output_attentions=True).attentions[0])[0, 0]
-    assert np.all(weights[8, :5] == 0) and np.all(weights[8, 5:] > 0)
+    model = pretrained.FlaxMistralModel(window_config())
+    assert_window_of_4(np.asarray(model(_ids(seq=9), output_attentions=True).attentions[0])[0, 0])
 
 
 def test_no_buffer_grows_with_max_positions():
     """A 131072-position Mistral builds, runs and caches in memory proportional to what is asked (4.x built a
     131072^2 causal mask per layer and ran out of memory)."""
-    config = pretrained.MistralConfig(**dict(BASE, max_position_embeddings=131072, sliding_window=4096))
-    model = pretrained.FlaxMistralForCausalLM(config)
+    model = pretrained.FlaxMistralForCausalLM(long_mistral_config())
     out = model(_ids(seq=5), past_key_values=model.init_cache(2, 8))
     assert out.logits.shape == (2, 5, 99)
     leaves = jax.tree_util.tree_leaves(out.past_key_values) + jax.tree_util.tree_leaves(model.params)

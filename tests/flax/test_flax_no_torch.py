@@ -5,8 +5,6 @@ class, run here), saves it both ways and reads the saves back."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -17,15 +15,9 @@ import torch  # noqa: E402
 
 import pretrained  # noqa: E402
 from blocking import BLOCKER  # noqa: E402
+from flax_tf_common import neutral_modules, no_torch_llama_config, run_json_script  # noqa: E402
 
-NEUTRAL = [
-    "pretrained", "pretrained.configuration", "pretrained.registry", "pretrained.auto", "pretrained.remote_code",
-    "pretrained.hub.resolve", "pretrained.hub.push", "pretrained.checkpoint.files", "pretrained.checkpoint.shards",
-    "pretrained.checkpoint.atomic", "pretrained.checkpoint.header", "pretrained.checkpoint.numpy_reader",
-    "pretrained.checkpoint.numpy_writer", "pretrained.checkpoint.report", "pretrained.generation.config",
-    "pretrained.flax", "pretrained.flax.msgpack", "pretrained.flax.convert",
-    *(f"pretrained.models.{f}.configuration" for f in ("llama", "mistral", "qwen2", "gemma", "bert", "gpt2", "t5")),
-]
+NEUTRAL = neutral_modules(["pretrained.flax", "pretrained.flax.msgpack", "pretrained.flax.convert"])
 
 SCRIPT = BLOCKER + textwrap.dedent("""
     neutral, folder, out = json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
@@ -50,18 +42,13 @@ SCRIPT = BLOCKER + textwrap.dedent("""
 
 def test_flax_load_forward_save_without_torch(tmp_path):
     torch.manual_seed(0)
-    config = pretrained.LlamaConfig(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                                    num_attention_heads=4, num_key_value_heads=2, initializer_range=0.2)
-    pt = pretrained.LlamaForCausalLM.from_config(config).eval()
+    pt = pretrained.LlamaForCausalLM.from_config(no_torch_llama_config()).eval()
     pt.save_pretrained(tmp_path / "ckpt")
     ids = torch.arange(2, 16).reshape(2, 7)
     with torch.no_grad():
         expected = pt(ids).logits.numpy()
-    run = subprocess.run([sys.executable, "-c", SCRIPT, "torch,transformers,tensorflow", json.dumps(NEUTRAL), str(tmp_path / "ckpt"), str(tmp_path)],
-                         capture_output=True, text=True, timeout=600, env={**__import__("os").environ,
-                                                                          "JAX_PLATFORMS": "cpu"})
-    assert run.returncode == 0, run.stderr[-3000:]
-    result = json.loads(run.stdout.strip().splitlines()[-1])
+    result = run_json_script(SCRIPT, "torch,transformers,tensorflow", json.dumps(NEUTRAL), str(tmp_path / "ckpt"),
+                             str(tmp_path), env={"JAX_PLATFORMS": "cpu"})
     assert result["frameworks_after_neutral"] == []  # the neutral layer imports no framework at all
     assert result["torch_loaded"] == []
     np.testing.assert_allclose(np.array(result["logits"], np.float32), expected, atol=1e-5, rtol=0)

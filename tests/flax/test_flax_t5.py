@@ -22,6 +22,8 @@ from safetensors.numpy import load_file, save_file  # noqa: E402
 
 from pretrained.models import t5  # noqa: E402
 
+from flax_tf_common import close, msgpack_round_trip, reload_in_pytorch  # noqa: E402
+
 V, C, D, H, F = 99, 32, 8, 4, 37
 BASE = dict(vocab_size=V, d_model=C, d_kv=D, d_ff=F, num_layers=2, num_heads=H, relative_attention_num_buckets=8,
             relative_attention_max_distance=20)
@@ -40,10 +42,6 @@ def perturb(model):
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(1.0 + 0.2 * torch.randn_like(p))
-
-
-def close(actual, expected, what=""):
-    np.testing.assert_allclose(np.asarray(actual), np.asarray(expected), atol=1e-5, rtol=1e-5, err_msg=what)
 
 
 def build(config_name, task, folder, **extra):
@@ -244,21 +242,14 @@ def test_parameter_tree_is_4x(pair):
 def test_flax_save_loads_in_pytorch(pair, tmp_path):
     model, flax_model, _ = pair
     flax_model.save_pretrained(tmp_path)
-    reloaded, info = type(model).from_pretrained(tmp_path, output_loading_info=True)
-    assert info["missing_keys"] == [] and info["unexpected_keys"] == [] and info["mismatched_keys"] == []
+    reloaded = reload_in_pytorch(model, tmp_path)
     ids, mask, dec, dmask = batch()
     args = (ids, mask) if is_encoder(flax_model) else (ids, mask, dec, dmask)
     close(torch_out(reloaded.eval(), *args)[0].numpy(), torch_out(model, *args)[0].numpy())
 
 
 def test_msgpack_round_trip(pair, tmp_path):
-    _, flax_model, _ = pair
-    flax_model.save_pretrained(tmp_path, safe_serialization=False)
-    again = type(flax_model).from_pretrained(tmp_path)
-    mine, theirs = flatten_dict(flax_model.params), flatten_dict(again.params)
-    assert set(mine) == set(theirs)
-    for path, value in mine.items():
-        np.testing.assert_array_equal(np.asarray(theirs[path]), np.asarray(value))
+    msgpack_round_trip(pair[1], tmp_path)
 
 
 def test_encoder_model_reads_a_full_checkpoint(tmp_path):

@@ -36,22 +36,20 @@ are zeros/ones after init, which would hide a mapping bug).
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import shutil
-import subprocess
 import sys
 import sysconfig
-import tempfile
-import zlib
 from pathlib import Path
 
 import numpy as np
+from _record_common import (
+    BERT, DECODER, GPT2, NEW_TOKENS, REPO, SEED, T5, architecture_class, build_config, case_meta, check_457,
+    check_ours_cases, compare_with_ours, failed, finish_record, forward_kwargs, loads_as_base, main, make_inputs,
+    min_margin, noise, print_dir_check, record_all, save_as_base, shard_kwargs
+)
+from _record_common import output_fields as _output_fields
 
-REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "tests" / "data" / "flax457"
-DEFAULT_OURS_PYTHON = REPO / ".venv" / "bin" / "python"
 
 SHIM = '''\
 # Written by pretrained's tests/reference/record_flax_457.py --install-shim. transformers 4.57's Flax T5 calls
@@ -111,25 +109,8 @@ else:
 # for Llama/Mistral (ignored: hidden // heads), small max_position_embeddings (its Llama/Mistral/Gemma build a
 # max_position_embeddings^2 causal mask), Mistral's sliding_window >= every sequence used here (its window is one
 # token wider than PyTorch's, so only a window wider than the sequence gives comparable outputs).
-FAMILIES = {
-    "bert": dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-                 pad_token_id=0, max_position_embeddings=64, type_vocab_size=2, initializer_range=0.2),
-    "gpt2": dict(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_positions=64, initializer_range=0.2,
-                 bos_token_id=1, eos_token_id=2, pad_token_id=0),
-    "t5": dict(vocab_size=99, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-               relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0),
-    "llama": dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-                  max_position_embeddings=64, initializer_range=0.2),
-    "mistral": dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                    num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-                    max_position_embeddings=64, sliding_window=32, initializer_range=0.2),
-    "gemma": dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, head_dim=8, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-                  max_position_embeddings=64, initializer_range=0.2),
-}
-CONFIG_CLASS = {"bert": "BertConfig", "gpt2": "GPT2Config", "t5": "T5Config", "llama": "LlamaConfig",
-                "mistral": "MistralConfig", "gemma": "GemmaConfig"}
+FAMILIES = {"bert": BERT, "gpt2": GPT2, "t5": T5, "llama": DECODER, "mistral": dict(DECODER, sliding_window=32),
+            "gemma": dict(DECODER, head_dim=8)}
 BASE_CLASS = {"bert": "FlaxBertModel", "gpt2": "FlaxGPT2Model", "t5": "FlaxT5Model", "llama": "FlaxLlamaModel",
               "mistral": "FlaxMistralModel", "gemma": "FlaxGemmaModel"}
 
@@ -159,7 +140,6 @@ CASES = {
     "gemma_model": ("gemma", "FlaxGemmaModel", {}, {}),
     "gemma_causal_lm": ("gemma", "FlaxGemmaForCausalLM", {}, {"gen": True}),
 }
-SEED = 0
 QUIRKS = """What 4.57's Flax classes do that the recordings work around (facts for our implementation, not to copy):
 - FlaxT5 calls jnp.clip(a_max=...), removed in jax 0.10: shimmed in the 4.57 environment only.
 - FlaxLlama/Mistral/Gemma ignore rope_theta (always 10000); FlaxLlama/Mistral ignore head_dim (hidden // heads);
@@ -172,62 +152,18 @@ QUIRKS = """What 4.57's Flax classes do that the recordings work around (facts f
   the PyTorch cross-check uses its load_flax_weights_in_pytorch_model instead.
 - Plain generate() re-traces and compiles its loop on every call; wrap it in jax.jit for speed.
 """
-NEW_TOKENS = 8
 NUM_BEAMS = 3
 
 
-def make_inputs() -> dict:
-    """Fixed inputs: a right-padded forward batch (row 1 ends with 2 pads) and a left-padded generation batch."""
-    rng = np.random.default_rng(1234)
-    ids = rng.integers(3, 99, size=(2, 7))
-    mask = np.ones((2, 7), dtype=np.int64)
-    mask[1, 5:] = 0
-    ids[1, 5:] = 0
-    token_type_ids = np.array([[0, 0, 0, 1, 1, 1, 1], [0, 0, 1, 1, 1, 0, 0]])
-    dec = rng.integers(3, 99, size=(2, 5))
-    dec[:, 0] = 0  # decoder_start_token_id
-    dec_mask = np.ones((2, 5), dtype=np.int64)
-    dec_mask[1, 4:] = 0
-    dec[1, 4:] = 0
-    gen = rng.integers(3, 99, size=(2, 6))
-    gen_mask = np.ones((2, 6), dtype=np.int64)
-    gen_mask[1, :2] = 0
-    gen[1, :2] = 0
-    return {
-        "input_ids": ids.tolist(), "attention_mask": mask.tolist(), "token_type_ids": token_type_ids.tolist(),
-        "decoder_input_ids": dec.tolist(), "decoder_attention_mask": dec_mask.tolist(),
-        "gen_input_ids": gen.tolist(), "gen_attention_mask": gen_mask.tolist(),
-        "gen_encoder_input_ids": ids.tolist(), "gen_encoder_attention_mask": mask.tolist(),
-        "new_tokens": NEW_TOKENS, "num_beams": NUM_BEAMS,
-        "note": "forward: input_ids/attention_mask (right padding, no position_ids: arange), token_type_ids for "
-                "BERT, decoder_* for T5 (decoder_input_ids[:, 0] = decoder_start_token_id). generate: gen_* "
-                "(left padding) for decoders, gen_encoder_* for T5; greedy, max_new_tokens=new_tokens, "
-                "then num_beams beams (length_penalty 1, early_stopping False as 4.57's defaults).",
-    }
-
-
-def forward_kwargs(family: str, cls_name: str, inputs: dict) -> dict:
-    kw = {"input_ids": np.array(inputs["input_ids"]), "attention_mask": np.array(inputs["attention_mask"])}
-    if family == "bert":
-        kw["token_type_ids"] = np.array(inputs["token_type_ids"])
-    if family == "t5" and "Encoder" not in cls_name:
-        kw["decoder_input_ids"] = np.array(inputs["decoder_input_ids"])
-        kw["decoder_attention_mask"] = np.array(inputs["decoder_attention_mask"])
-    return kw
-
-
-OUTPUT_FIELDS = ("last_hidden_state", "pooler_output", "logits", "start_logits", "end_logits",
-                 "encoder_last_hidden_state")
-
-
 def output_fields(out) -> dict[str, np.ndarray]:
-    """The output dataclass's array fields we record (4.x names), as float32 numpy."""
-    got = {}
-    for f in OUTPUT_FIELDS:
-        v = getattr(out, f, None)
-        if v is not None:
-            got[f] = np.asarray(v, dtype=np.float32)
-    return got
+    """The output dataclass's array fields we record (4.x names), as float32 numpy, read as attributes."""
+    return _output_fields(out, by_key=False)
+
+
+INPUTS_NOTE = ("forward: input_ids/attention_mask (right padding, no position_ids: arange), token_type_ids for "
+               "BERT, decoder_* for T5 (decoder_input_ids[:, 0] = decoder_start_token_id). generate: gen_* "
+               "(left padding) for decoders, gen_encoder_* for T5; greedy, max_new_tokens=new_tokens, "
+               "then num_beams beams (length_penalty 1, early_stopping False as 4.57's defaults).")
 
 
 def flat_tree(tree) -> dict[str, tuple]:
@@ -260,8 +196,7 @@ def _apply_shim():
 def _check_version():
     import transformers
 
-    if not transformers.__version__.startswith("4.57"):
-        sys.exit(f"needs transformers 4.57.x (found {transformers.__version__}); see this script's docstring")
+    check_457(transformers)
     return transformers
 
 
@@ -280,7 +215,7 @@ def perturb(params, name: str):
     """Add fixed noise to every 1-D parameter (biases are zeros and norm scales ones after init)."""
     import jax
 
-    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    rng = noise(name)
 
     def f(p):
         p = np.asarray(p)
@@ -304,8 +239,7 @@ def greedy_margin(model, params, seqs, prompt_len, family, enc_kw=None):
         pos = np.maximum(np.cumsum(mask, axis=-1) - 1, 0)
         out = model(seqs[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1], params=params)
         logits = np.asarray(out.logits)[:, prompt_len - 1:]
-    top2 = np.sort(logits, axis=-1)[..., -2:]
-    return float((top2[..., 1] - top2[..., 0]).min())
+    return min_margin(logits)
 
 
 def record_case(transformers, name, family, cls_name, overrides, opts, inputs, out_root) -> dict:
@@ -314,7 +248,7 @@ def record_case(transformers, name, family, cls_name, overrides, opts, inputs, o
     import torch
     from flax.serialization import msgpack_restore
 
-    cfg = getattr(transformers, CONFIG_CLASS[family])(**{**FAMILIES[family], **overrides})
+    cfg = build_config(transformers, FAMILIES, family, overrides)
     cls = getattr(transformers, cls_name)
     model = cls(cfg, seed=SEED)
     params = perturb(model.params, name)
@@ -322,8 +256,7 @@ def record_case(transformers, name, family, cls_name, overrides, opts, inputs, o
         params = model.to_bf16(params)
     model.params = params
     folder = out_root / name
-    save_kw = {"max_shard_size": opts["shard"]} if "shard" in opts else {}
-    model.save_pretrained(folder, **save_kw)
+    model.save_pretrained(folder, **shard_kwargs(opts))
 
     # what we record is what a reload gives (the file, not the in-memory init)
     model = cls.from_pretrained(folder)
@@ -331,22 +264,16 @@ def record_case(transformers, name, family, cls_name, overrides, opts, inputs, o
     kw = forward_kwargs(family, cls_name, inputs)
     out = model(**kw)
     fields = output_fields(out)
-    for f, v in fields.items():
-        np.save(folder / f"{f}.npy", v)
-    meta = {"class": cls_name, "family": family, "config_overrides": overrides, "options": opts,
-            "forward_inputs": sorted(kw), "fields": sorted(fields),
-            "params": {k: {"shape": s, "dtype": d} for k, (s, d) in flat_tree(params).items()},
-            "files": sorted(p.name for p in folder.iterdir())}
+    meta = case_meta(cls_name, family, overrides, opts, kw, fields, folder,
+                     params={k: {"shape": s, "dtype": d} for k, (s, d) in flat_tree(params).items()})
     if "shard" in opts:
         shards = sorted(p.name for p in folder.glob("flax_model-*-of-*.msgpack"))
         meta["shards"] = {s: sorted(flat_tree(msgpack_restore((folder / s).read_bytes()))) for s in shards}
         meta["empty_shards"] = [s for s in shards if not msgpack_restore((folder / s).read_bytes())]
 
-    if cls_name != BASE_CLASS[family] and "Encoder" not in cls_name:  # T5Model needs a decoder: not in the file
+    if loads_as_base(cls_name, BASE_CLASS[family]):
         base = getattr(transformers, BASE_CLASS[family]).from_pretrained(folder)
-        base_out = base(**forward_kwargs(family, BASE_CLASS[family], inputs))
-        np.save(folder / "as_base.npy", np.asarray(base_out[0], dtype=np.float32))
-        meta["as_base"] = {"class": BASE_CLASS[family], "field": "last_hidden_state"}
+        save_as_base(meta, folder, BASE_CLASS[family], base(**forward_kwargs(family, BASE_CLASS[family], inputs)))
 
     if opts.get("gen"):
         if family == "t5":
@@ -398,23 +325,15 @@ def record() -> None:
     transformers = _check_version()
     _apply_shim()
     transformers.logging.set_verbosity_error()
-    if OUT.exists():
-        shutil.rmtree(OUT)
-    OUT.mkdir(parents=True)
-    inputs = make_inputs()
-    (OUT / "inputs.json").write_text(json.dumps(inputs, indent=1) + "\n")
-    summary = {}
-    for name, (family, cls_name, overrides, opts) in CASES.items():
-        meta = record_case(transformers, name, family, cls_name, overrides, opts, inputs, OUT)
-        summary[name] = {k: meta[k] for k in ("pt457_max_abs_diff", "pt457_greedy_equal", "pt457_beam_equal",
-                                              "greedy_min_margin", "empty_shards") if k in meta}
-        print(name, json.dumps(summary[name]), flush=True)
-    (OUT / "README.md").write_text(
-        "Recorded by tests/reference/record_flax_457.py with transformers "
-        f"{transformers.__version__} (Flax classes), jax/flax as in its docstring. Regenerate with that script; "
-        "do not edit by hand. ours_in_457.json comes from its --check-ours mode.\n\n" + QUIRKS)
-    total = sum(p.stat().st_size for p in OUT.rglob("*") if p.is_file())
-    print(f"wrote {OUT} ({total / 1024:.0f} KiB)")
+    inputs = make_inputs(INPUTS_NOTE, num_beams=NUM_BEAMS)
+    record_all(OUT, inputs, CASES,
+               lambda *case: record_case(transformers, *case, inputs, OUT),
+               lambda meta: {k: meta[k] for k in ("pt457_max_abs_diff", "pt457_greedy_equal", "pt457_beam_equal",
+                                                  "greedy_min_margin", "empty_shards") if k in meta})
+    finish_record(OUT,
+                  "Recorded by tests/reference/record_flax_457.py with transformers "
+                  f"{transformers.__version__} (Flax classes), jax/flax as in its docstring. Regenerate with that "
+                  "script; do not edit by hand. ours_in_457.json comes from its --check-ours mode.\n\n" + QUIRKS)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -439,8 +358,7 @@ def _ours_child(tmp: Path) -> None:
             params = jax.tree_util.tree_map(jnp.asarray, perturb(model.params, name + "/ours"))
             model.params = model.to_bf16(params) if opts.get("bf16") else params
             folder = tmp / name
-            save_kw = {"max_shard_size": opts["shard"]} if "shard" in opts else {}
-            model.save_pretrained(folder, safe_serialization=False, **save_kw)
+            model.save_pretrained(folder, safe_serialization=False, **shard_kwargs(opts))
             out = model(**forward_kwargs(family, cls_name, inputs))
             np.savez(folder / "ours_outputs.npz", **output_fields(out))
             report[name] = "saved"
@@ -452,8 +370,7 @@ def _ours_child(tmp: Path) -> None:
 def _load_in_457(transformers, folder: Path, cls_name: str | None = None):
     from flax.serialization import msgpack_restore
 
-    config = json.loads((folder / "config.json").read_text())
-    cls_name = cls_name or "Flax" + config["architectures"][0].removeprefix("Flax")
+    cls_name = cls_name or architecture_class(folder, "Flax")
     model = getattr(transformers, cls_name).from_pretrained(folder)
     if (folder / "flax_model.msgpack").exists():
         file_tree = flat_tree(msgpack_restore((folder / "flax_model.msgpack").read_bytes()))
@@ -478,39 +395,23 @@ def check_ours(ours_python: Path) -> None:
     _apply_shim()
     transformers.logging.set_verbosity_error()
     inputs = json.loads((OUT / "inputs.json").read_text())
-    result = {"transformers_version": transformers.__version__, "cases": {}}
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        env["PYTHONPATH"] = str(REPO / "src")
-        subprocess.run([str(ours_python), __file__, "--_ours", str(tmp)], check=True, env=env, cwd=REPO)
-        report = json.loads((tmp / "ours_report.json").read_text())
-        for name, status in report.items():
-            family, cls_name, _, _ = CASES[name]
-            entry = {"ours": status}
-            if status == "saved":
-                try:
-                    model, problems = _load_in_457(transformers, tmp / name, cls_name)
-                    got = output_fields(model(**forward_kwargs(family, cls_name, inputs)))
-                    ours = np.load(tmp / name / "ours_outputs.npz")
-                    entry["max_abs_diff"] = {f: float(np.abs(got[f] - ours[f]).max()) for f in ours.files
-                                             if f in got}
-                    entry["problems"] = problems
-                    entry["files"] = sorted(p.name for p in (tmp / name).iterdir() if "msgpack" in p.name)
-                    entry["param_dtypes"] = sorted({d for _, d in flat_tree(model.params).values()})
-                    tol = 1e-2 if CASES[name][3].get("bf16") else 1e-5  # bf16: computation order shows
-                    entry["ok"] = not problems and bool(entry["max_abs_diff"]) and all(
-                        d <= tol for d in entry["max_abs_diff"].values())
-                except Exception as e:
-                    entry["ok"] = False
-                    entry["problems"] = [f"4.57 failed: {type(e).__name__}: {e}"]
-            else:
-                entry["ok"] = False
-            result["cases"][name] = entry
-            print(name, json.dumps(entry), flush=True)
-    result["all_ok"] = all(e["ok"] for e in result["cases"].values())
-    (OUT / "ours_in_457.json").write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
-    print(f"all ok: {result['all_ok']}; wrote {OUT / 'ours_in_457.json'}")
+
+    def check_case(name: str, folder: Path, entry: dict) -> None:
+        family, cls_name, _, opts = CASES[name]
+        try:
+            model, problems = _load_in_457(transformers, folder, cls_name)
+            got = output_fields(model(**forward_kwargs(family, cls_name, inputs)))
+            ours = np.load(folder / "ours_outputs.npz")
+            tol = 1e-2 if opts.get("bf16") else 1e-5  # bf16: computation order shows
+            compared = compare_with_ours(got, ours, problems, tol)
+            entry["max_abs_diff"], entry["problems"] = compared["max_abs_diff"], problems
+            entry["files"] = sorted(p.name for p in folder.iterdir() if "msgpack" in p.name)
+            entry["param_dtypes"] = sorted({d for _, d in flat_tree(model.params).values()})
+            entry["ok"] = compared["ok"]
+        except Exception as e:
+            failed(entry, e)
+
+    check_ours_cases(OUT, transformers, __file__, ours_python, check_case)
 
 
 def check_dir(folder: Path) -> None:
@@ -518,33 +419,10 @@ def check_dir(folder: Path) -> None:
     _apply_shim()
     transformers.logging.set_verbosity_error()
     model, problems = _load_in_457(transformers, folder)
-    print(type(model).__name__, "problems:", problems or "none")
-    family = model.config.model_type
-    kw = forward_kwargs(family, type(model).__name__, make_inputs())
-    for f, v in output_fields(model(**kw)).items():
-        print(f"  {f}: shape {v.shape} sum {v.sum():.6f}")
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    g = ap.add_mutually_exclusive_group()
-    g.add_argument("--install-shim", action="store_true")
-    g.add_argument("--check-ours", action="store_true")
-    g.add_argument("--check-dir", type=Path)
-    g.add_argument("--_ours", type=Path, help=argparse.SUPPRESS)
-    ap.add_argument("--ours-python", type=Path, default=DEFAULT_OURS_PYTHON)
-    args = ap.parse_args()
-    if args.install_shim:
-        install_shim()
-    elif args.check_ours:
-        check_ours(args.ours_python)
-    elif args.check_dir:
-        check_dir(args.check_dir)
-    elif args._ours:
-        _ours_child(args._ours)
-    else:
-        record()
+    inputs = make_inputs(INPUTS_NOTE, num_beams=NUM_BEAMS)
+    print_dir_check(model, problems,
+                    lambda family, cls_name: output_fields(model(**forward_kwargs(family, cls_name, inputs))))
 
 
 if __name__ == "__main__":
-    main()
+    main(__doc__, record, check_ours, check_dir, _ours_child, install_shim=install_shim)

@@ -45,40 +45,29 @@ component).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
-import zlib
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
+from _record_common import (  # noqa: E402
+    BERT, DECODER, GPT2, NEW_TOKENS, REPO, SEED, T5, architecture_class, build_config, case_meta, check_457,
+    check_ours_cases, compare_with_ours, failed, finish_record, loads_as_base, main, make_inputs, min_margin, noise,
+    output_fields, print_dir_check, record_all, save_as_base, shard_kwargs
+)
+from _record_common import forward_kwargs as _forward_kwargs  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "tests" / "data" / "tf457"
 PRUNED = REPO / "tests" / "data" / "bert_pruned"
-DEFAULT_OURS_PYTHON = REPO / ".venv" / "bin" / "python"
 
 # Sizes follow tests/test_common.py TINY (small max_position_embeddings: 4.57's TF BERT/GPT-2 store the whole
 # position table). Mistral: 4.57's TF class ignores sliding_window and head_dim (hidden // heads), so the window is
 # wider than every sequence used here and head_dim is not overridden; it honours rope_theta.
-FAMILIES = {
-    "bert": dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-                 pad_token_id=0, max_position_embeddings=64, type_vocab_size=2, initializer_range=0.2),
-    "gpt2": dict(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_positions=64, initializer_range=0.2,
-                 bos_token_id=1, eos_token_id=2, pad_token_id=0),
-    "t5": dict(vocab_size=99, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-               relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0),
-    "mistral": dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                    num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-                    max_position_embeddings=64, sliding_window=32, rope_theta=10000.0, initializer_range=0.2),
-}
-CONFIG_CLASS = {"bert": "BertConfig", "gpt2": "GPT2Config", "t5": "T5Config", "mistral": "MistralConfig"}
+FAMILIES = {"bert": BERT, "gpt2": GPT2, "t5": T5,
+            "mistral": dict(DECODER, sliding_window=32, rope_theta=10000.0)}
 BASE_CLASS = {"bert": "TFBertModel", "gpt2": "TFGPT2Model", "t5": "TFT5Model", "mistral": "TFMistralModel"}
 
 # name -> (family, 4.57 TF class, config overrides, options)
@@ -102,50 +91,15 @@ CASES = {
     "mistral_seq_cls": ("mistral", "TFMistralForSequenceClassification", {"num_labels": 3}, {}),
     "mistral_causal_lm_sharded": ("mistral", "TFMistralForCausalLM", {}, {"shard": "8KB"}),
 }
-SEED = 0
-NEW_TOKENS = 8
 HEAD_MASK = [[1.0, 0.0, 1.0, 1.0], [0.0, 1.0, 1.0, 0.5]]
-
-
-def make_inputs() -> dict:
-    """Fixed inputs: a right-padded forward batch (row 1 ends with 2 pads) and a left-padded generation batch."""
-    rng = np.random.default_rng(1234)
-    ids = rng.integers(3, 99, size=(2, 7))
-    mask = np.ones((2, 7), dtype=np.int64)
-    mask[1, 5:] = 0
-    ids[1, 5:] = 0
-    token_type_ids = np.array([[0, 0, 0, 1, 1, 1, 1], [0, 0, 1, 1, 1, 0, 0]])
-    dec = rng.integers(3, 99, size=(2, 5))
-    dec[:, 0] = 0  # decoder_start_token_id
-    dec_mask = np.ones((2, 5), dtype=np.int64)
-    dec_mask[1, 4:] = 0
-    dec[1, 4:] = 0
-    gen = rng.integers(3, 99, size=(2, 6))
-    gen_mask = np.ones((2, 6), dtype=np.int64)
-    gen_mask[1, :2] = 0
-    gen[1, :2] = 0
-    return {
-        "input_ids": ids.tolist(), "attention_mask": mask.tolist(), "token_type_ids": token_type_ids.tolist(),
-        "decoder_input_ids": dec.tolist(), "decoder_attention_mask": dec_mask.tolist(),
-        "gen_input_ids": gen.tolist(), "gen_attention_mask": gen_mask.tolist(),
-        "gen_encoder_input_ids": ids.tolist(), "gen_encoder_attention_mask": mask.tolist(),
-        "new_tokens": NEW_TOKENS,
-        "note": "forward: input_ids/attention_mask (right padding, no position_ids: arange), token_type_ids for "
-                "BERT, decoder_* for T5 (decoder_input_ids[:, 0] = decoder_start_token_id). generate: greedy, "
-                "max_new_tokens=new_tokens, (1) row 0 of gen_* alone (no mask) and (2) the left-padded gen_* "
-                "batch with its mask; for T5 the encoder inputs are gen_encoder_*.",
-    }
+INPUTS_NOTE = ("forward: input_ids/attention_mask (right padding, no position_ids: arange), token_type_ids for "
+               "BERT, decoder_* for T5 (decoder_input_ids[:, 0] = decoder_start_token_id). generate: greedy, "
+               "max_new_tokens=new_tokens, (1) row 0 of gen_* alone (no mask) and (2) the left-padded gen_* "
+               "batch with its mask; for T5 the encoder inputs are gen_encoder_*.")
 
 
 def forward_kwargs(family: str, cls_name: str, inputs: dict) -> dict:
-    kw = {"input_ids": np.array(inputs["input_ids"], dtype=np.int32),
-          "attention_mask": np.array(inputs["attention_mask"], dtype=np.int32)}
-    if family == "bert":
-        kw["token_type_ids"] = np.array(inputs["token_type_ids"], dtype=np.int32)
-    if family == "t5" and "Encoder" not in cls_name:
-        kw["decoder_input_ids"] = np.array(inputs["decoder_input_ids"], dtype=np.int32)
-        kw["decoder_attention_mask"] = np.array(inputs["decoder_attention_mask"], dtype=np.int32)
-    return kw
+    return _forward_kwargs(family, cls_name, inputs, dtype=np.int32)
 
 
 def gen_kwargs(family: str, inputs: dict, batch: bool) -> dict:
@@ -155,20 +109,6 @@ def gen_kwargs(family: str, inputs: dict, batch: bool) -> dict:
     if batch:
         return {"input_ids": ids, "attention_mask": mask}
     return {"input_ids": ids[:1]}
-
-
-OUTPUT_FIELDS = ("last_hidden_state", "pooler_output", "logits", "start_logits", "end_logits",
-                 "encoder_last_hidden_state")
-
-
-def output_fields(out) -> dict[str, np.ndarray]:
-    """The output dataclass's array fields we record (4.x names), as float32 numpy."""
-    got = {}
-    for f in OUTPUT_FIELDS:
-        v = getattr(out, f, None) if not isinstance(out, dict) else out.get(f)
-        if v is not None:
-            got[f] = np.asarray(v, dtype=np.float32)
-    return got
 
 
 def _attr_list(value) -> list[str]:
@@ -209,8 +149,7 @@ def _tf457():
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
     import transformers
 
-    if not transformers.__version__.startswith("4.57"):
-        sys.exit(f"needs transformers 4.57.x (found {transformers.__version__}); see this script's docstring")
+    check_457(transformers)
     try:
         import tf_keras  # noqa: F401
     except ImportError:
@@ -237,7 +176,7 @@ def perturb(model, name: str) -> None:
     """Add fixed noise (keyed by the case name and the weights' order) to every weight: 0.1 to vectors (biases and
     norm scales are zeros/ones after init; GPT-2's biases are (1, n)), 0.02 to matrices (4.57's TF init reuses
     unseeded initializers, so e.g. T5 v1.1's wi_0 and wi_1 start equal and would hide a swap)."""
-    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    rng = noise(name)
     for w in model.weights:
         value = np.asarray(w.numpy())
         scale = 0.1 if sum(d > 1 for d in value.shape) <= 1 else 0.02
@@ -268,39 +207,33 @@ def greedy_margin(model, seqs, prompt, family):
         out = model(input_ids=tf.constant(seqs[:, :-1]), attention_mask=tf.constant(mask[:, :-1]),
                     position_ids=tf.constant(pos[:, :-1]))
         logits = np.asarray(out.logits)[:, plen - 1:]
-    top2 = np.sort(logits, axis=-1)[..., -2:]
-    return float((top2[..., 1] - top2[..., 0]).min())
+    return min_margin(logits)
 
 
 def record_case(transformers, name, family, cls_name, overrides, opts, inputs, out_root) -> dict:
     import tensorflow as tf
     import torch
 
-    cfg = getattr(transformers, CONFIG_CLASS[family])(**{**FAMILIES[family], **overrides})
+    cfg = build_config(transformers, FAMILIES, family, overrides)
     cls = getattr(transformers, cls_name)
     fresh_session()
     model = cls(cfg)
     model.build_in_name_scope()
     perturb(model, name)
     folder = out_root / name
-    save_kw = {"max_shard_size": opts["shard"]} if "shard" in opts else {}
-    model.save_pretrained(folder, **save_kw)  # 4.57's TF default: h5
+    model.save_pretrained(folder, **shard_kwargs(opts))  # 4.57's TF default: h5
 
     # what we record is what a reload gives (the file, not the in-memory init)
     fresh_session()
     model, info = cls.from_pretrained(folder, output_loading_info=True)
     kw = forward_kwargs(family, cls_name, inputs)
     fields = output_fields(run_forward(model, kw))
-    for f, v in fields.items():
-        np.save(folder / f"{f}.npy", v)
-    meta = {"class": cls_name, "family": family, "config_overrides": overrides, "options": opts,
-            "model_name": model.name, "forward_inputs": sorted(kw), "fields": sorted(fields),
-            "loading_info": {k: sorted(map(str, v)) for k, v in info.items()},
-            "weights": [{"name": w.name, "shape": list(w.shape), "dtype": w.dtype.name,
-                         "trainable": bool(w.trainable)} for w in model.weights],
-            "num_parameters": int(model.num_parameters()),
-            "top_level_layers": [layer.name for layer in model.layers],
-            "files": sorted(p.name for p in folder.iterdir())}
+    meta = case_meta(cls_name, family, overrides, opts, kw, fields, folder, model_name=model.name,
+                     loading_info={k: sorted(map(str, v)) for k, v in info.items()},
+                     weights=[{"name": w.name, "shape": list(w.shape), "dtype": w.dtype.name,
+                               "trainable": bool(w.trainable)} for w in model.weights],
+                     num_parameters=int(model.num_parameters()),
+                     top_level_layers=[layer.name for layer in model.layers])
     if "shard" in opts:
         index = json.loads((folder / "tf_model.h5.index.json").read_text())
         shards = sorted(p.name for p in folder.glob("tf_model-*-of-*.h5"))
@@ -309,12 +242,11 @@ def record_case(transformers, name, family, cls_name, overrides, opts, inputs, o
     else:
         meta["h5"] = {"tf_model.h5": h5_layout(folder / "tf_model.h5")}
 
-    if cls_name != BASE_CLASS[family] and "Encoder" not in cls_name:  # T5Model needs a decoder: not in the file
+    if loads_as_base(cls_name, BASE_CLASS[family]):
         fresh_session()
         base = getattr(transformers, BASE_CLASS[family]).from_pretrained(folder)
-        base_out = run_forward(base, forward_kwargs(family, BASE_CLASS[family], inputs))
-        np.save(folder / "as_base.npy", np.asarray(base_out[0], dtype=np.float32))
-        meta["as_base"] = {"class": BASE_CLASS[family], "field": "last_hidden_state"}
+        save_as_base(meta, folder, BASE_CLASS[family],
+                     run_forward(base, forward_kwargs(family, BASE_CLASS[family], inputs)))
 
     prompts = {}
     if opts.get("gen"):
@@ -384,27 +316,19 @@ def record() -> None:
     transformers = _tf457()
     import tensorflow as tf
 
-    if OUT.exists():
-        shutil.rmtree(OUT)
-    OUT.mkdir(parents=True)
-    inputs = make_inputs()
-    (OUT / "inputs.json").write_text(json.dumps(inputs, indent=1) + "\n")
-    summary = {}
-    for name, (family, cls_name, overrides, opts) in CASES.items():
-        meta = record_case(transformers, name, family, cls_name, overrides, opts, inputs, OUT)
-        summary[name] = {k: meta[k] for k in meta if k.startswith("pt457_") or k.endswith("_min_margin")}
-        print(name, json.dumps(summary[name]), flush=True)
+    inputs = make_inputs(INPUTS_NOTE)
+    record_all(OUT, inputs, CASES,
+               lambda *case: record_case(transformers, *case, inputs, OUT),
+               lambda meta: {k: meta[k] for k in meta if k.startswith("pt457_") or k.endswith("_min_margin")})
     prune = record_prune_facts(transformers)
     (OUT / "prune.json").write_text(json.dumps(prune, indent=1, sort_keys=True) + "\n")
     print("prune", json.dumps(prune))
     import tf_keras
 
-    (OUT / "README.md").write_text(
-        "Recorded by tests/reference/record_tf_457.py with transformers "
-        f"{transformers.__version__} (TF classes), tensorflow {tf.__version__}, tf-keras {tf_keras.__version__}. "
-        "Regenerate with that script; do not edit by hand.\n")
-    total = sum(p.stat().st_size for p in OUT.rglob("*") if p.is_file())
-    print(f"wrote {OUT} ({total / 1024:.0f} KiB)")
+    finish_record(OUT,
+                  "Recorded by tests/reference/record_tf_457.py with transformers "
+                  f"{transformers.__version__} (TF classes), tensorflow {tf.__version__}, tf-keras "
+                  f"{tf_keras.__version__}. Regenerate with that script; do not edit by hand.\n")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -437,8 +361,7 @@ def _ours_child(tmp: Path) -> None:
             cls = _our_class(family, cls_name)
             model = cls.from_pretrained(OUT / name)
             perturb(model, name + "/ours")
-            save_kw = {"max_shard_size": opts["shard"]} if "shard" in opts else {}
-            model.save_pretrained(tmp / name / "h5", safe_serialization=False, **save_kw)
+            model.save_pretrained(tmp / name / "h5", safe_serialization=False, **shard_kwargs(opts))
             model.save_pretrained(tmp / name / "safetensors")
             kw = forward_kwargs(family, cls_name, inputs)
             out = model(**{k: tf.constant(v) for k, v in kw.items()}, training=False)
@@ -450,8 +373,7 @@ def _ours_child(tmp: Path) -> None:
 
 
 def _load_in_457(transformers, folder: Path, cls_name: str | None = None, **kw):
-    config = json.loads((folder / "config.json").read_text())
-    cls_name = cls_name or "TF" + config["architectures"][0].removeprefix("TF")
+    cls_name = cls_name or architecture_class(folder, "TF")
     fresh_session()
     model, info = getattr(transformers, cls_name).from_pretrained(folder, output_loading_info=True, **kw)
     # weightless top-level layers (dropout_N) carry a per-process number: their names never match; harmless
@@ -471,71 +393,34 @@ def _load_in_457(transformers, folder: Path, cls_name: str | None = None, **kw):
 def check_ours(ours_python: Path) -> None:
     transformers = _tf457()
     inputs = json.loads((OUT / "inputs.json").read_text())
-    result = {"transformers_version": transformers.__version__, "cases": {}}
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TF_USE_LEGACY_KERAS")}
-        env["PYTHONPATH"] = str(REPO / "src")
-        subprocess.run([str(ours_python), __file__, "--_ours", str(tmp)], check=True, env=env, cwd=REPO)
-        report = json.loads((tmp / "ours_report.json").read_text())
-        for name, status in report.items():
-            family, cls_name, _, opts = CASES[name]
-            entry = {"ours": status}
-            if status == "saved":
-                ours = np.load(tmp / name / "ours_outputs.npz")
-                kw = forward_kwargs(family, cls_name, inputs)
-                for fmt, load_kw in (("h5", {}), ("safetensors", {"from_pt": True})):
-                    sub = {}
-                    try:
-                        model, problems = _load_in_457(transformers, tmp / name / fmt, cls_name, **load_kw)
-                        got = output_fields(run_forward(model, kw))
-                        sub["max_abs_diff"] = {f: float(np.abs(got[f] - ours[f]).max()) for f in ours.files
-                                               if f in got}
-                        sub["problems"] = problems
-                        sub["files"] = sorted(p.name for p in (tmp / name / fmt).iterdir())
-                        sub["ok"] = not problems and bool(sub["max_abs_diff"]) and all(
-                            d <= 1e-5 for d in sub["max_abs_diff"].values())
-                    except Exception as e:
-                        sub["ok"] = False
-                        sub["problems"] = [f"4.57 failed: {type(e).__name__}: {e}"]
-                    entry[fmt] = sub
-                entry["ok"] = entry["h5"]["ok"] and entry["safetensors"]["ok"]
-            else:
-                entry["ok"] = False
-            result["cases"][name] = entry
-            print(name, json.dumps(entry), flush=True)
-    result["all_ok"] = all(e["ok"] for e in result["cases"].values())
-    (OUT / "ours_in_457.json").write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
-    print(f"all ok: {result['all_ok']}; wrote {OUT / 'ours_in_457.json'}")
+
+    def check_case(name: str, folder: Path, entry: dict) -> None:
+        family, cls_name, _, _ = CASES[name]
+        ours = np.load(folder / "ours_outputs.npz")
+        kw = forward_kwargs(family, cls_name, inputs)
+        for fmt, load_kw in (("h5", {}), ("safetensors", {"from_pt": True})):
+            sub = {}
+            try:
+                model, problems = _load_in_457(transformers, folder / fmt, cls_name, **load_kw)
+                got = output_fields(run_forward(model, kw))
+                sub.update(compare_with_ours(got, ours, problems))
+                sub["files"] = sorted(p.name for p in (folder / fmt).iterdir())
+            except Exception as e:
+                failed(sub, e)
+            entry[fmt] = sub
+        entry["ok"] = entry["h5"]["ok"] and entry["safetensors"]["ok"]
+
+    check_ours_cases(OUT, transformers, __file__, ours_python, check_case,
+                     drop_env=("PYTHONPATH", "TF_USE_LEGACY_KERAS"))
 
 
 def check_dir(folder: Path) -> None:
     transformers = _tf457()
     model, problems = _load_in_457(transformers, folder)
-    print(type(model).__name__, "problems:", problems or "none")
-    family = model.config.model_type
-    kw = forward_kwargs(family, type(model).__name__, make_inputs())
-    for f, v in output_fields(run_forward(model, kw)).items():
-        print(f"  {f}: shape {v.shape} sum {v.sum():.6f}")
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    g = ap.add_mutually_exclusive_group()
-    g.add_argument("--check-ours", action="store_true")
-    g.add_argument("--check-dir", type=Path)
-    g.add_argument("--_ours", type=Path, help=argparse.SUPPRESS)
-    ap.add_argument("--ours-python", type=Path, default=DEFAULT_OURS_PYTHON)
-    args = ap.parse_args()
-    if args.check_ours:
-        check_ours(args.ours_python)
-    elif args.check_dir:
-        check_dir(args.check_dir)
-    elif args._ours:
-        _ours_child(args._ours)
-    else:
-        record()
+    inputs = make_inputs(INPUTS_NOTE)
+    print_dir_check(model, problems, lambda family, cls_name: output_fields(
+        run_forward(model, forward_kwargs(family, cls_name, inputs))))
 
 
 if __name__ == "__main__":
-    main()
+    main(__doc__, record, check_ours, check_dir, _ours_child)

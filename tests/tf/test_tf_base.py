@@ -16,7 +16,6 @@ import copy
 import json
 import os
 import re
-import uuid
 
 import numpy as np
 import pytest
@@ -33,30 +32,21 @@ from pretrained.checkpoint.header import read_header  # noqa: E402
 from pretrained.checkpoint.numpy_writer import write_safetensors  # noqa: E402
 from pretrained.tf import convert  # noqa: E402
 
-CONFIG = dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-              num_key_value_heads=2, pad_token_id=0, initializer_range=0.2, max_position_embeddings=64)
-IDS = np.random.RandomState(0).randint(2, 99, (2, 7)).astype(np.int32)
+from flax_tf_common import CLEAN, IDS, LLAMA_TINY as CONFIG, llama_checkpoint  # noqa: E402
+from flax_tf_common import assert_close as _close, files as _files  # noqa: E402
+from flax_tf_common import assert_no_weights, assert_push_and_reload, assert_shape_mismatch_error  # noqa: E402
+from flax_tf_common import assert_unexpected_head_reported, assert_wrong_config_class, pytorch_logits  # noqa
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     """(folder, our PyTorch LlamaForCausalLM, its logits on IDS)."""
-    folder = tmp_path_factory.mktemp("tf-base-ckpt")
-    torch.manual_seed(0)
-    pt = pretrained.LlamaForCausalLM.from_config(pretrained.LlamaConfig(**CONFIG)).eval()
-    pt.save_pretrained(folder)
-    with torch.no_grad():
-        logits = pt(torch.tensor(IDS, dtype=torch.long)).logits.numpy()
-    return folder, pt, logits
+    return llama_checkpoint(tmp_path_factory.mktemp("tf-base-ckpt"))
 
 
 @pytest.fixture(scope="module")
 def tfm(ckpt):
     return pretrained.TFLlamaForCausalLM.from_pretrained(ckpt[0])
-
-
-def _close(a, b, atol=1e-5):
-    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), atol=atol, rtol=0)
 
 
 def _same_weights(a, b):
@@ -67,15 +57,10 @@ def _same_weights(a, b):
         assert wa[k].dtype == wb[k].dtype and np.array_equal(wa[k], wb[k]), k
 
 
-def _files(folder):
-    return sorted(n for n in os.listdir(folder) if not n.startswith("."))
-
-
 # ---- PyTorch-layout safetensors ---------------------------------------------------------------------------------
 def test_loads_pytorch_checkpoint(ckpt, tfm):
     _close(tfm(IDS).logits, ckpt[2])
-    assert tfm.loading_info.as_dict() == {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [],
-                                          "error_msgs": []}
+    assert tfm.loading_info.as_dict() == CLEAN
     assert tfm.framework == "tf" and tfm.name_or_path == str(ckpt[0])
 
 
@@ -88,8 +73,7 @@ def test_default_save_loads_in_our_pytorch_class(tfm, tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"] and config["dtype"] == "float32"
     pt = pretrained.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
-    with torch.no_grad():
-        _close(pt(torch.tensor(IDS, dtype=torch.long)).logits, tfm(IDS).logits)
+    _close(pytorch_logits(pt), tfm(IDS).logits)
 
 
 def test_default_save_loads_in_transformers(tfm, tmp_path):
@@ -97,8 +81,7 @@ def test_default_save_loads_in_transformers(tfm, tmp_path):
 
     tfm.save_pretrained(tmp_path)
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
-    with torch.no_grad():
-        _close(hf(torch.tensor(IDS, dtype=torch.long)).logits, tfm(IDS).logits)
+    _close(pytorch_logits(hf), tfm(IDS).logits)
 
 
 def test_sharded_safetensors_both_ways(ckpt, tfm, tmp_path):
@@ -112,8 +95,7 @@ def test_sharded_safetensors_both_ways(ckpt, tfm, tmp_path):
     index = json.loads((tmp_path / "tf" / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"]) == set(ckpt[1].state_dict())
     pt = pretrained.LlamaForCausalLM.from_pretrained(tmp_path / "tf").eval()
-    with torch.no_grad():
-        _close(pt(torch.tensor(IDS, dtype=torch.long)).logits, ckpt[2])
+    _close(pytorch_logits(pt), ckpt[2])
     _same_weights(pretrained.TFLlamaForCausalLM.from_pretrained(tmp_path / "tf"), tfm)
 
 
@@ -372,11 +354,7 @@ def test_rules_both_ways():
 
 # ---- missing, unexpected, mismatched ----------------------------------------------------------------------------
 def test_unexpected_weights_reported(ckpt):
-    model, info = pretrained.TFLlamaModel.from_pretrained(ckpt[0], output_loading_info=True)
-    assert info["unexpected_keys"] == ["lm_head.weight"] and info["missing_keys"] == []
-    with torch.no_grad():
-        ref = pretrained.LlamaModel.from_pretrained(ckpt[0])(torch.tensor(IDS, dtype=torch.long)).last_hidden_state
-    _close(model(IDS).last_hidden_state, ref)
+    assert_unexpected_head_reported(pretrained.TFLlamaModel, ckpt[0])
 
 
 def test_missing_weights_initialised_and_reported(ckpt, tmp_path):
@@ -390,11 +368,7 @@ def test_missing_weights_initialised_and_reported(ckpt, tmp_path):
 
 
 def test_shape_mismatch_is_a_typed_error(ckpt):
-    with pytest.raises(errors.ShapeMismatchError) as e:
-        pretrained.TFLlamaForCausalLM.from_pretrained(ckpt[0], intermediate_size=40)
-    text = str(e.value)
-    assert "6 tensor(s)" in text and "'model.layers.0.mlp.gate_proj.weight'" in text
-    assert str(ckpt[0] / "model.safetensors") in text and "[37, 32]" in text and "ignore_mismatched_sizes" in text
+    assert_shape_mismatch_error(pretrained.TFLlamaForCausalLM, ckpt[0])
     model, info = pretrained.TFLlamaForCausalLM.from_pretrained(ckpt[0], intermediate_size=40,
                                                                  ignore_mismatched_sizes=True, output_loading_info=True)
     assert ("model/layers.0/mlp/gate_proj/kernel", (37, 32), (32, 40)) in info["mismatched_keys"]
@@ -404,14 +378,7 @@ def test_shape_mismatch_is_a_typed_error(ckpt):
 
 # ---- bad input ------------------------------------------------------------------------------------------------------
 def test_no_weights(ckpt, tmp_path):
-    pretrained.LlamaConfig(**CONFIG).save_pretrained(tmp_path)
-    with pytest.raises(errors.CheckpointNotFoundError, match="model.safetensors.*tf_model.h5"):
-        pretrained.TFLlamaForCausalLM.from_pretrained(tmp_path)
-    pretrained.LlamaForCausalLM.from_pretrained(ckpt[0]).save_pretrained(tmp_path, safe_serialization=False)
-    with pytest.raises(errors.CheckpointNotFoundError, match="pytorch_model.bin.*save_pretrained"):
-        pretrained.TFLlamaForCausalLM.from_pretrained(tmp_path)
-    with pytest.raises(errors.CheckpointNotFoundError):
-        pretrained.TFLlamaForCausalLM.from_pretrained(tmp_path / "nowhere")
+    assert_no_weights(pretrained.TFLlamaForCausalLM, ckpt[0], tmp_path, "model.safetensors.*tf_model.h5")
 
 
 def test_corrupt_files_name_the_file(tfm, tmp_path):
@@ -468,10 +435,7 @@ def test_sharded_h5_damage(tfm, tmp_path):
 
 
 def test_wrong_config_class(ckpt):
-    with pytest.raises(errors.ConfigError, match="needs a LlamaConfig"):
-        pretrained.TFLlamaForCausalLM(pretrained.GPT2Config())
-    with pytest.raises(TypeError, match="not_a_key"):
-        pretrained.TFLlamaForCausalLM.from_pretrained(ckpt[0], not_a_key=1)
+    assert_wrong_config_class(pretrained.TFLlamaForCausalLM, ckpt[0])
 
 
 # ---- the rest of the API ---------------------------------------------------------------------------------------------
@@ -531,10 +495,4 @@ def test_subfolder_and_hub_args(tfm, tmp_path):
 
 
 def test_push_to_hub_and_load_by_repo_id(hub_server, hub_cache, tfm):
-    repo = f"test-org/tf-push-{uuid.uuid4().hex[:6]}"
-    tfm.push_to_hub(repo, token=hub_server.token)
-    model = pretrained.TFAutoModelForCausalLM.from_pretrained(repo, token=hub_server.token)
-    _same_weights(model, tfm)
-    pt = pretrained.AutoModelForCausalLM.from_pretrained(repo, token=hub_server.token).eval()
-    with torch.no_grad():
-        _close(pt(torch.tensor(IDS, dtype=torch.long)).logits, tfm(IDS).logits)
+    assert_push_and_reload(hub_server, tfm, pretrained.TFAutoModelForCausalLM, "tf-push", _same_weights)

@@ -19,60 +19,28 @@ import pytest
 tf = pytest.importorskip("tensorflow", reason="tensorflow not installed (pip install pretrained[tf])")
 import keras  # noqa: E402
 import torch  # noqa: E402
-from safetensors.numpy import load_file, save_file  # noqa: E402
+from safetensors.numpy import load_file  # noqa: E402
 
 from pretrained.models import bert  # noqa: E402
 
-V, C, L, H, I = 99, 32, 2, 4, 37
-TINY = dict(vocab_size=V, hidden_size=C, num_hidden_layers=L, num_attention_heads=H, intermediate_size=I,
-            max_position_embeddings=64, type_vocab_size=3, pad_token_id=0, initializer_range=0.2)
-TASKS = ["Model", "ForMaskedLM", "ForSequenceClassification", "ForQuestionAnswering", "ForTokenClassification"]
-CASES = [(t, {}) for t in TASKS] + [("ForMaskedLM", {"tie_word_embeddings": False})]
+from flax_tf_common import BERT_CASES as CASES, BERT_TINY as TINY, CLEAN, bert_batch, bert_dims  # noqa: E402
+from flax_tf_common import assert_parity_with_states, assert_reloads_in_pytorch, bert_names  # noqa: E402
+from flax_tf_common import bert_torch_out, close  # noqa: E402
+from flax_tf_common import assert_h5_round_trip, pair_fixture, save_perturbed, write_legacy_bert  # noqa: E402
+
+V, C, L, H, I = bert_dims()
 RECORDED = Path(__file__).resolve().parents[1] / "data" / "bert_pruned"
-CLEAN = {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
 
 
-def perturb(model):
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-
-
-def close(actual, expected, what=""):
-    np.testing.assert_allclose(np.asarray(actual), np.asarray(expected), atol=1e-5, rtol=1e-5, err_msg=what)
-
-
-def _id(case):
-    return case[0] + ("-untied" if case[1] else "")
-
-
-@pytest.fixture(scope="module", params=CASES, ids=_id)
-def pair(request, tmp_path_factory):
-    """(PyTorch model, TF model loaded from its save, folder)."""
-    task, extra = request.param
-    torch.manual_seed(0)
-    model = getattr(bert, "Bert" + task)(bert.BertConfig(**TINY, **extra)).eval()
-    perturb(model)
-    folder = tmp_path_factory.mktemp(f"tf-bert-{_id(request.param)}")
-    model.save_pretrained(folder)
-    tf_model, info = getattr(bert, "TFBert" + task).from_pretrained(folder, output_loading_info=True)
-    assert info == CLEAN
-    return model, tf_model, folder
+pair = pair_fixture(bert, "Bert", lambda **extra: bert.BertConfig(**TINY, **extra), CASES, "TF", "tf-bert")
 
 
 def batch(seed=1):
     """Two rows of 9 tokens, the second right-padded by 3; segment ids 0/1/2."""
-    g = np.random.default_rng(seed)
-    ids = g.integers(2, V, (2, 9)).astype(np.int32)
-    mask = np.ones((2, 9), dtype=np.int32)
-    mask[1, 6:] = 0
-    return ids, mask, g.integers(0, 3, (2, 9)).astype(np.int32)
+    return bert_batch(seed, np.int32)
 
 
-def torch_out(model, ids, mask=None, segments=None, **kw):
-    t = lambda a: None if a is None else torch.tensor(np.asarray(a), dtype=torch.long)  # noqa: E731
-    with torch.no_grad():
-        return model(t(ids), attention_mask=t(mask), token_type_ids=t(segments), **kw)
+torch_out = bert_torch_out
 
 
 def outputs(out) -> dict:
@@ -86,15 +54,7 @@ def test_parity_padded_batch_with_segments(pair):
     expected = torch_out(model, ids, mask, segments, output_hidden_states=True, output_attentions=True)
     got = tf_model(ids, attention_mask=mask, token_type_ids=segments, output_hidden_states=True,
                    output_attentions=True)
-    want = outputs(expected)
-    assert set(outputs(got)) == set(want)
-    for name, value in want.items():
-        close(got[name], value.numpy(), name)
-    assert len(got.hidden_states) == L + 1 and len(got.attentions) == L
-    for i, (a, b) in enumerate(zip(got.hidden_states, expected.hidden_states)):
-        close(a, b.numpy(), f"hidden state {i}")
-    for i, (a, b) in enumerate(zip(got.attentions, expected.attentions)):
-        close(a, b.numpy(), f"attentions {i}")
+    assert_parity_with_states(got, expected, outputs, lambda out, name: out[name], L)
 
 
 def test_defaults_and_tuple_output(pair):
@@ -143,35 +103,8 @@ def test_weight_names_are_4x(pair):
                   "ForQuestionAnswering": "tf_bert_for_question_answering",
                   "ForTokenClassification": "tf_bert_for_token_classification"}[task]
     assert all(w.path.split("/")[0].startswith(model_name) for w in tf_model.weights)
-    p = "bert/"
-    expected = {f"{p}embeddings/word_embeddings/weight": (V, C),
-                f"{p}embeddings/position_embeddings/embeddings": (64, C),
-                f"{p}embeddings/token_type_embeddings/embeddings": (3, C),
-                f"{p}embeddings/LayerNorm/gamma": (C,), f"{p}embeddings/LayerNorm/beta": (C,)}
-    for i in range(L):
-        a = f"{p}encoder/layer_._{i}/"
-        expected.update({
-            **{a + f"attention/self/{n}/kernel": (C, C) for n in ("query", "key", "value")},
-            **{a + f"attention/self/{n}/bias": (C,) for n in ("query", "key", "value")},
-            a + "attention/output/dense/kernel": (C, C), a + "attention/output/dense/bias": (C,),
-            a + "attention/output/LayerNorm/gamma": (C,), a + "attention/output/LayerNorm/beta": (C,),
-            a + "intermediate/dense/kernel": (C, I), a + "intermediate/dense/bias": (I,),
-            a + "output/dense/kernel": (I, C), a + "output/dense/bias": (C,),
-            a + "output/LayerNorm/gamma": (C,), a + "output/LayerNorm/beta": (C,),
-        })
-    labels = tf_model.config.num_labels
-    if task in ("Model", "ForSequenceClassification"):
-        expected.update({f"{p}pooler/dense/kernel": (C, C), f"{p}pooler/dense/bias": (C,)})
-    if task == "ForMaskedLM":
-        h = "mlm___cls/predictions/"
-        expected.update({h + "bias": (V,), h + "transform/dense/kernel": (C, C), h + "transform/dense/bias": (C,),
-                         h + "transform/LayerNorm/gamma": (C,), h + "transform/LayerNorm/beta": (C,)})
-        if not tf_model.config.tie_word_embeddings:  # tied: the word embeddings, transposed
-            expected.update({h + "decoder/kernel": (C, V), h + "decoder/bias": (V,)})
-    if task in ("ForSequenceClassification", "ForTokenClassification"):
-        expected.update({"classifier/kernel": (C, labels), "classifier/bias": (labels,)})
-    if task == "ForQuestionAnswering":
-        expected.update({"qa_outputs/kernel": (C, labels), "qa_outputs/bias": (labels,)})
+    expected = bert_names(task, tf_model.config, prefix="bert/", layer="encoder/layer_._{}/", word="weight",
+                          table="embeddings", norm=("gamma", "beta"), mlm="mlm___cls/predictions/")
     assert names == expected
     assert tf_model.num_parameters() == model.num_parameters()
 
@@ -181,36 +114,17 @@ def test_tf_save_loads_in_pytorch_and_h5_round_trip(pair, tmp_path):
     and equal outputs; the h5 save (4.x's layout) loads back into the TF class with identical weights."""
     model, tf_model, _ = pair
     tf_model.save_pretrained(tmp_path / "st")
-    reloaded, info = type(model).from_pretrained(tmp_path / "st", output_loading_info=True)
-    assert info["missing_keys"] == [] and info["unexpected_keys"] == [] and info["mismatched_keys"] == []
-    ids, mask, segments = batch()
-    expected = outputs(torch_out(model, ids, mask, segments))
-    got = outputs(torch_out(reloaded.eval(), ids, mask, segments))
-    for name in expected:
-        close(got[name].numpy(), expected[name].numpy(), name)
+    assert_reloads_in_pytorch(model, tmp_path / "st", batch(), outputs)
 
-    tf_model.save_pretrained(tmp_path / "h5", safe_serialization=False)
+    assert_h5_round_trip(tf_model, tmp_path / "h5")
     assert (tmp_path / "h5" / "tf_model.h5").is_file()
-    again, info = type(tf_model).from_pretrained(tmp_path / "h5", output_loading_info=True)
-    assert info == CLEAN
-    theirs = {w.path.split("/", 1)[1]: w for w in again.weights}
-    for w in tf_model.weights:
-        np.testing.assert_array_equal(theirs[w.path.split("/", 1)[1]].numpy(), w.numpy(), err_msg=w.path)
 
 
 def test_legacy_gamma_beta_and_position_ids(pair, tmp_path):
     """Checkpoints converted from the original TensorFlow BERT name LayerNorm parameters gamma/beta, and those
     older than 4.31 save the position_ids buffer: both load, with the same outputs."""
     model, tf_model, folder = pair
-    state = {}
-    for name, value in load_file(folder / "model.safetensors").items():
-        if "LayerNorm." in name:
-            name = name.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta")
-        state[name] = value
-    prefix = "" if isinstance(model, bert.BertModel) else "bert."
-    state[prefix + "embeddings.position_ids"] = np.arange(64, dtype=np.int64)[None]
-    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
-    (tmp_path / "config.json").write_text((folder / "config.json").read_text())
+    write_legacy_bert(model, folder, tmp_path)
     again, info = type(tf_model).from_pretrained(tmp_path, output_loading_info=True)
     assert info == CLEAN
     ids, mask, segments = batch()
@@ -230,10 +144,7 @@ def test_dropout_only_in_training(pair):
 def test_base_checkpoint_into_task_model(tmp_path):
     """A BertModel checkpoint loads into a task class: the encoder's weights are the checkpoint's (the base prefix
     added), the head is reported missing and initialised."""
-    torch.manual_seed(0)
-    model = bert.BertModel(bert.BertConfig(**TINY)).eval()
-    perturb(model)
-    model.save_pretrained(tmp_path)
+    model = save_perturbed(bert.BertModel, bert.BertConfig(**TINY), tmp_path)
     tf_model, info = bert.TFBertForSequenceClassification.from_pretrained(tmp_path, output_loading_info=True)
     assert info["missing_keys"] == ["classifier/bias", "classifier/kernel"] and info["unexpected_keys"] == []
     ids, mask, segments = batch()
@@ -244,10 +155,7 @@ def test_base_checkpoint_into_task_model(tmp_path):
 def test_is_decoder_is_causal_and_3d_mask(tmp_path):
     """`is_decoder=True` makes the self-attention causal, and a (B, T, T) mask is taken as it is, as in the PyTorch
     class."""
-    torch.manual_seed(0)
-    model = bert.BertModel(bert.BertConfig(**TINY, is_decoder=True)).eval()
-    perturb(model)
-    model.save_pretrained(tmp_path)
+    model = save_perturbed(bert.BertModel, bert.BertConfig(**TINY, is_decoder=True), tmp_path)
     tf_model = bert.TFBertModel.from_pretrained(tmp_path)
     ids, mask, segments = batch()
     close(tf_model(ids, attention_mask=mask, token_type_ids=segments).last_hidden_state,
@@ -359,10 +267,8 @@ def test_zeroing_heads_equals_pruning_them(pair):
 def test_resize_token_embeddings(untied, tmp_path):
     """Old rows kept, the MLM bias padded with zeros, the head follows, the logits of the old vocabulary unchanged;
     the resized model saves and loads in PyTorch with equal logits."""
-    torch.manual_seed(0)
-    model = bert.BertForMaskedLM(bert.BertConfig(**TINY, tie_word_embeddings=not untied)).eval()
-    perturb(model)
-    model.save_pretrained(tmp_path / "pt")
+    model = save_perturbed(bert.BertForMaskedLM, bert.BertConfig(**TINY, tie_word_embeddings=not untied),
+                           tmp_path / "pt")
     tf_model = bert.TFBertForMaskedLM.from_pretrained(tmp_path / "pt")
     ids, mask, segments = batch()
     before = np.asarray(tf_model(ids, attention_mask=mask, token_type_ids=segments).logits)

@@ -10,80 +10,33 @@ also decoded once compiled.
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
-import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 tf = pytest.importorskip("tensorflow", reason="tensorflow not installed (pip install pretrained[tf])")
-import torch  # noqa: E402
 
 import pretrained  # noqa: E402
-from pretrained.errors import ConfigError  # noqa: E402
-from pretrained.generation import logits as lp  # noqa: E402
 from pretrained.tf import generation as tg  # noqa: E402
 
-V = 64
-SMALL = dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.2, bos_token_id=1, eos_token_id=2,
-             pad_token_id=0)
-CONFIGS = {
-    "llama": lambda: pretrained.LlamaConfig(**SMALL),
-    "mistral": lambda: pretrained.MistralConfig(**SMALL, sliding_window=6),  # the window matters in 15 tokens
-    "qwen2": lambda: pretrained.Qwen2Config(**SMALL),
-    "gemma": lambda: pretrained.GemmaConfig(**{**SMALL, "head_dim": 8}),
-    "gpt2": lambda: pretrained.GPT2Config(vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=64,
-                                          initializer_range=0.2, bos_token_id=1, eos_token_id=2),
-    "t5": lambda: pretrained.T5Config(vocab_size=V, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-                                      initializer_factor=4.0, decoder_start_token_id=0, eos_token_id=2,
-                                      pad_token_id=0),
-}
+from flax_tf_common import GEN_FAMILIES, assert_generate_errors, generation_models, prompts as _prompts  # noqa
+from flax_tf_common import THROUGHPUT, demo_max_diff, greedy_words, processor_cases, repetition_penalty_case  # noqa
+from flax_tf_common import assert_cli_beams_and_device_map, cli_args, cli_checkpoint, cli_generate_code  # noqa
+from flax_tf_common import run_cli_code, scores_and_ids as _scores_and_ids  # noqa: E402
+from flax_tf_common import MORE_SETTINGS, MORE_SETTINGS_IDS, assert_stops_then_pads, eos_from, settings_prompts  # noqa
 
 
-def _has_tf_class(family: str) -> bool:
-    return importlib.util.find_spec(f"pretrained.models.{family}.modeling_tf") is not None
-
-
-def _save(family: str, folder) -> None:
-    torch.manual_seed(0)
-    auto = pretrained.AutoModelForSeq2SeqLM if family == "t5" else pretrained.AutoModelForCausalLM
-    auto.from_config(CONFIGS[family]()).save_pretrained(folder)
+def _skip_without_tf_class(family: str) -> None:
+    if importlib.util.find_spec(f"pretrained.models.{family}.modeling_tf") is None:
+        pytest.skip(f"no TF class for {family} yet (models/{family}/modeling_tf.py)")
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """models(family) -> (our PyTorch model, our TF model, folder), both loaded from one checkpoint folder, built
     once per module: a TF model keeps its compiled decoding programs, so tests that share settings share them."""
-    loaded = {}
-
-    def get(family: str):
-        if not _has_tf_class(family):
-            pytest.skip(f"no TF class for {family} yet (models/{family}/modeling_tf.py)")
-        if family not in loaded:
-            folder = tmp_path_factory.mktemp(f"tf-gen-{family}")
-            _save(family, folder)
-            if family == "t5":
-                loaded[family] = (pretrained.AutoModelForSeq2SeqLM.from_pretrained(folder).eval(),
-                                  pretrained.TFAutoModelForSeq2SeqLM.from_pretrained(folder), folder)
-            else:
-                loaded[family] = (pretrained.AutoModelForCausalLM.from_pretrained(folder).eval(),
-                                  pretrained.TFAutoModelForCausalLM.from_pretrained(folder), folder)
-        return loaded[family]
-
-    return get
-
-
-def _prompts():
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(3, V, (3, 7), generator=g)
-    mask = torch.ones_like(ids)
-    mask[1, :2] = 0
-    mask[2, :4] = 0
-    return ids.masked_fill(mask == 0, 0), mask
+    return generation_models(tmp_path_factory, "TF", check=_skip_without_tf_class)
 
 
 def _same(torch_model, tf_model, ids, mask, jit_compile=False, **kw):
@@ -99,7 +52,7 @@ def _same(torch_model, tf_model, ids, mask, jit_compile=False, **kw):
 
 
 # ---- tokens equal PyTorch's ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("family", list(CONFIGS))
+@pytest.mark.parametrize("family", GEN_FAMILIES)
 def test_greedy_and_beam_tokens_equal_pytorch(models, family):
     """Greedy on a single prompt and on a left-padded batch (compiled), beam search on the batch (its row 0 is
     unpadded; compiled for T5, whose cross-attention the beams reorder)."""
@@ -120,11 +73,9 @@ def test_eos_stops_and_pads(models):
                              jit_compile=False).numpy()
     start = ids.shape[1]
     assert free.shape == (3, start + 10)
-    eos = [int(free[0, start + 2]), int(free[1, start + 5])]
+    eos = eos_from(free, start)
     out = _same(torch_model, tf_model, ids, mask, max_new_tokens=10, eos_token_id=eos, pad_token_id=0).numpy()
-    row0 = out[0, start:].tolist()
-    first = next(k for k, t in enumerate(row0) if t in eos)
-    assert first <= 2 and all(t == 0 for t in row0[first + 1:])  # stopped, then padding
+    assert_stops_then_pads(out, start, eos)
     _same(torch_model, tf_model, ids, mask, max_new_tokens=10, eos_token_id=eos, pad_token_id=0, num_beams=3)
     # every row stops early: the output is shorter than max_length, compiled too
     early = [int(t) for t in set(free[:, start + 1].tolist())]
@@ -133,19 +84,10 @@ def test_eos_stops_and_pads(models):
     assert out.shape[1] <= start + 2
 
 
-@pytest.mark.parametrize("kw", [
-    dict(max_new_tokens=6, num_beams=3),
-    dict(max_new_tokens=6, num_beams=3, num_return_sequences=2, length_penalty=0.5, early_stopping=True),
-    dict(max_new_tokens=6, num_beams=4, early_stopping="never"),
-    dict(max_new_tokens=8, repetition_penalty=1.5, no_repeat_ngram_size=2),
-    dict(max_new_tokens=8, min_new_tokens=5, eos_token_id=[2, 5]),
-    dict(max_length=12, eos_token_id=None),
-], ids=["beam", "beam_returns", "beam_never", "penalties", "min_new_tokens", "max_length"])
+@pytest.mark.parametrize("kw", MORE_SETTINGS, ids=MORE_SETTINGS_IDS)
 def test_more_settings_equal_pytorch(models, kw):
     torch_model, tf_model, _ = models("llama")
-    ids, mask = _prompts()
-    if kw.get("num_beams") == 3 and "num_return_sequences" not in kw:
-        ids, mask = ids[:1], None  # beam search on a single prompt
+    ids, mask = settings_prompts(kw)
     out = _same(torch_model, tf_model, ids, mask, **kw)
     if "max_length" in kw:
         assert out.shape == (3, 12)
@@ -275,12 +217,7 @@ def test_generate_inside_the_callers_tf_function(models):
 def test_errors(models):
     _, tf_model, folder = models("llama")
     ids, _ = _prompts()
-    with pytest.raises(ConfigError, match="num_return_sequences"):
-        tf_model.generate(ids.numpy(), num_beams=2, num_return_sequences=3)
-    with pytest.raises(ConfigError, match="Unknown generation arguments: nonsense"):
-        tf_model.generate(ids.numpy(), nonsense=1)
-    with pytest.raises(ValueError, match="stop_strings"):
-        tf_model.generate(ids.numpy(), stop_strings=["x"])
+    assert_generate_errors(tf_model, ids.numpy())
     with pytest.raises(ValueError, match="seed"):
         tf_model.generate(ids.numpy(), do_sample=True, seed=[1, 2, 3])
     with pytest.raises(ValueError, match="attention_mask"):
@@ -311,32 +248,7 @@ def test_can_generate_exactly_for_language_model_heads():
 
 
 # ---- processors: each equals its PyTorch namesake on the same scores -----------------------------------------------
-def _scores_and_ids(cur: int, L: int = 12, n: int = 4):
-    g = torch.Generator().manual_seed(5)
-    scores = torch.randn(n, V, generator=g) * 3
-    ids = torch.randint(0, 8, (n, L), generator=g)  # a small range: repeated tokens and n-grams
-    ids[:, cur:] = -1  # past the current length: nothing (the fill value)
-    return scores, ids
-
-
-@pytest.mark.parametrize("name, torch_fn, tf_fn", [
-    ("top_k", lambda i, s: lp.top_k(i, s, 5), lambda q, s, c: tg.top_k(q, s, c, 5)),
-    ("top_k_keep", lambda i, s: lp.top_k(i, s, 1, min_keep=3), lambda q, s, c: tg.top_k(q, s, c, 1, 3)),
-    ("top_p", lambda i, s: lp.top_p(i, s, 0.8), lambda q, s, c: tg.top_p(q, s, c, 0.8)),
-    ("top_p_keep", lambda i, s: lp.top_p(i, s, 0.05, min_keep=2), lambda q, s, c: tg.top_p(q, s, c, 0.05, 2)),
-    ("min_p", lambda i, s: lp.min_p(i, s, 0.1), lambda q, s, c: tg.min_p(q, s, c, 0.1)),
-    ("min_p_keep", lambda i, s: lp.min_p(i, s, 0.9, min_keep=3), lambda q, s, c: tg.min_p(q, s, c, 0.9, 3)),
-    ("temperature", lambda i, s: lp.temperature(i, s, 0.7), lambda q, s, c: tg.temperature(q, s, c, 0.7)),
-    ("repetition", lambda i, s: lp.repetition_penalty(i, s, 1.3),
-     lambda q, s, c: tg.repetition_penalty(q, s, c, 1.3)),
-    ("ngram2", lambda i, s: lp.no_repeat_ngram(i, s, 2), lambda q, s, c: tg.no_repeat_ngram(q, s, c, 2)),
-    ("ngram3", lambda i, s: lp.no_repeat_ngram(i, s, 3), lambda q, s, c: tg.no_repeat_ngram(q, s, c, 3)),
-    ("ngram1", lambda i, s: lp.no_repeat_ngram(i, s, 1), lambda q, s, c: tg.no_repeat_ngram(q, s, c, 1)),
-    ("min_length", lambda i, s: lp.min_length(i, s, 10, [2, 3]),
-     lambda q, s, c: tg.min_length(q, s, c, 10, (2, 3))),
-    ("min_new_tokens", lambda i, s: lp.min_new_tokens(i, s, 4, 5, [2]),
-     lambda q, s, c: tg.min_new_tokens(q, s, c, 4, 5, (2,))),
-])
+@pytest.mark.parametrize("name, torch_fn, tf_fn", processor_cases(tg, min_p_keep=True))
 @pytest.mark.parametrize("cur", [2, 9])
 def test_processor_equals_pytorch(name, torch_fn, tf_fn, cur):
     """Eagerly, and XLA-compiled with `cur` a tensor (as in the decoding loop)."""
@@ -351,71 +263,34 @@ def test_processor_equals_pytorch(name, torch_fn, tf_fn, cur):
 
 
 def test_repetition_penalty_skips_prompt_padding():
-    scores, ids = _scores_and_ids(9)
-    ignore = torch.zeros(4, 9, dtype=torch.bool)
-    ignore[1, :3] = True
-    expected = lp.repetition_penalty(ids[:, :9], scores, 1.7, ignore).numpy()
-    counted = np.ones((4, 12), dtype=bool)
-    counted[1, :3] = False
+    scores, ids, expected, counted = repetition_penalty_case()
     actual = tg.repetition_penalty(tf.constant(ids.numpy(), tf.int32), tf.constant(scores.numpy()), 9, 1.7,
                                    tf.constant(counted))
     np.testing.assert_allclose(actual.numpy(), expected, rtol=1e-6)
 
 
 # ---- command line -------------------------------------------------------------------------------------------------
-def _tokenizer(folder):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    tokenizer = Tokenizer(models.WordLevel({f"w{i}": i for i in range(V)}, unk_token="w3"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.save(str(folder / "tokenizer.json"))
-    return tokenizer
-
-
 def test_cli_generate_framework_tf_without_torch_or_jax(models, tmp_path):
     """`pretrained generate PATH --framework tf` prints PyTorch's greedy tokens with torch and jax made unimportable
     (TensorFlow 2.21 itself imports jax when it is installed, from tensorflow/lite/python/util.py, and copes
     without it: blocking them shows that our TF path needs neither)."""
-    torch_model, _, folder = models("llama")
-    folder = shutil.copytree(folder, tmp_path / "ckpt")
-    tokenizer = _tokenizer(folder)
+    torch_model, folder, tokenizer = cli_checkpoint(models, tmp_path)
     prompt = "w5 w40 w33 w17 w12"
-    code = ("import sys; sys.modules.update(torch=None, jax=None); from pretrained.cli import main; "
-            f"status = main(['generate', {str(folder)!r}, '--prompt', {prompt!r}, '--max-new-tokens', '6', "
-            "'--framework', 'tf']); "
-            "print('imported:', any(sys.modules.get(m) for m in ('torch', 'jax', 'flax'))); sys.exit(status)")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr
-    ids = torch.tensor([tokenizer.encode(prompt).ids])
-    expected = torch_model.generate(ids, max_new_tokens=6)[0].tolist()  # the prompt, then up to EOS
-    assert done.stdout.split() == [f"w{i}" for i in expected] + ["imported:", "False"]
-    assert re.search(r"\[\d+ tokens in [\d.]+ s, [\d.]+ tokens/s, compiling included\]", done.stderr)
+    done = run_cli_code(cli_generate_code(
+        folder, prompt, "tf", "import sys; sys.modules.update(torch=None, jax=None); ",
+        "print('imported:', any(sys.modules.get(m) for m in ('torch', 'jax', 'flax')))"))
+    assert done.stdout.split() == greedy_words(torch_model, tokenizer, prompt) + ["imported:", "False"]
+    assert re.search(THROUGHPUT, done.stderr)
 
 
 def test_cli_generate_framework_tf_beams_and_errors(models, tmp_path, capsys):
     from pretrained.cli import main
 
-    torch_model, _, folder = models("llama")
-    folder = shutil.copytree(folder, tmp_path / "ckpt")
-    _tokenizer(folder)
-    base = ["generate", str(folder), "--prompt", "w5 w40 w33", "--max-new-tokens", "4", "--framework", "tf"]
-    assert main(base + ["--num-beams", "2"]) == 0
-    ids = torch.tensor([[5, 40, 33]])
-    expected = torch_model.generate(ids, max_new_tokens=4, num_beams=2)[0].tolist()
-    assert capsys.readouterr().out.split() == [f"w{i}" for i in expected]
-    assert main(base + ["--device-map", "auto"]) == 2
-    assert "--device-map" in capsys.readouterr().err
-    assert main(base + ["--dtype", "int8"]) == 2
+    torch_model, folder, _ = cli_checkpoint(models, tmp_path)
+    assert_cli_beams_and_device_map(main, capsys, cli_args(folder, "tf"), torch_model)
+    assert main(cli_args(folder, "tf") + ["--dtype", "int8"]) == 2
     assert "--dtype int8" in capsys.readouterr().err
 
 
 def test_demo_runs_the_tf_class(capsys):
-    from pretrained.cli import main
-
-    assert main(["demo"]) == 0
-    out = capsys.readouterr().out
-    found = re.search(r"^tensorflow\s+TFLlamaForCausalLM, max \|logits - PyTorch\| ([\d.e+-]+) \(float32\)", out,
-                      re.M)
-    assert found, out
-    assert float(found.group(1)) < 1e-4
+    assert demo_max_diff(capsys, r"^tensorflow\s+TFLlamaForCausalLM") < 1e-4

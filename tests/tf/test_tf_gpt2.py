@@ -13,43 +13,18 @@ import numpy as np
 import pytest
 
 tf = pytest.importorskip("tensorflow", reason="tensorflow not installed (pip install pretrained[tf])")
-import torch  # noqa: E402
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
 from pretrained.models import gpt2  # noqa: E402
 
+from flax_tf_common import CLEAN, assert_h5_round_trip, close, pair_fixture, reload_in_pytorch, torch_call  # noqa
+
 V, C, L, H, P = 99, 32, 2, 4, 64
 TINY = dict(vocab_size=V, n_embd=C, n_layer=L, n_head=H, n_positions=P, initializer_range=0.2)
 CASES = [("Model", {}), ("LMHeadModel", {}), ("LMHeadModel", {"tie_word_embeddings": False})]
-CLEAN = {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
 
 
-def perturb(model):
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-
-
-def close(actual, expected, what=""):
-    np.testing.assert_allclose(np.asarray(actual), np.asarray(expected), atol=1e-5, rtol=1e-5, err_msg=what)
-
-
-def _id(case):
-    return case[0] + ("-untied" if case[1] else "")
-
-
-@pytest.fixture(scope="module", params=CASES, ids=_id)
-def pair(request, tmp_path_factory):
-    """(PyTorch model, TF model loaded from its save, folder)."""
-    task, extra = request.param
-    torch.manual_seed(0)
-    model = getattr(gpt2, "GPT2" + task)(gpt2.GPT2Config(**TINY, **extra)).eval()
-    perturb(model)
-    folder = tmp_path_factory.mktemp(f"tf-gpt2-{_id(request.param)}")
-    model.save_pretrained(folder)
-    tf_model, info = getattr(gpt2, "TFGPT2" + task).from_pretrained(folder, output_loading_info=True)
-    assert info == CLEAN
-    return model, tf_model, folder
+pair = pair_fixture(gpt2, "GPT2", lambda **extra: gpt2.GPT2Config(**TINY, **extra), CASES, "TF", "tf-gpt2")
 
 
 def batch(seed=1):
@@ -61,10 +36,7 @@ def batch(seed=1):
     return ids, mask
 
 
-def torch_out(model, ids, **kw):
-    t = lambda a: a if a is None or isinstance(a, bool) else torch.tensor(np.asarray(a), dtype=torch.long)  # noqa
-    with torch.no_grad():
-        return model(t(ids), **{k: t(v) for k, v in kw.items()})
+torch_out = torch_call
 
 
 def main_tensor(out):
@@ -188,16 +160,10 @@ def test_weight_names_and_layouts_are_4x(pair):
 def test_tf_save_loads_in_pytorch_and_h5_round_trip(pair, tmp_path):
     model, tf_model, _ = pair
     tf_model.save_pretrained(tmp_path / "st")
-    reloaded, info = type(model).from_pretrained(tmp_path / "st", output_loading_info=True)
-    assert info["missing_keys"] == [] and info["unexpected_keys"] == [] and info["mismatched_keys"] == []
+    reloaded = reload_in_pytorch(model, tmp_path / "st")
     ids, mask = batch()
     close(main(torch_out(reloaded.eval(), ids, attention_mask=mask)), main(torch_out(model, ids, attention_mask=mask)))
-    tf_model.save_pretrained(tmp_path / "h5", safe_serialization=False)
-    again, info = type(tf_model).from_pretrained(tmp_path / "h5", output_loading_info=True)
-    assert info == CLEAN
-    theirs = {w.path.split("/", 1)[1]: w for w in again.weights}
-    for w in tf_model.weights:
-        np.testing.assert_array_equal(theirs[w.path.split("/", 1)[1]].numpy(), w.numpy(), err_msg=w.path)
+    assert_h5_round_trip(tf_model, tmp_path / "h5")
 
 
 def test_old_mask_buffers_are_ignored(pair, tmp_path):

@@ -30,19 +30,16 @@ import pytest
 
 h5py = pytest.importorskip("h5py", reason="tf_model.h5 files need h5py (pip install pretrained[tf])")
 
+from flax_tf_common import assert_as_base, assert_outputs, check_ours_in_457, load_recordings  # noqa: E402
+from flax_tf_common import LEGACY_ATOL as ATOL, LEGACY_RTOL as RTOL, our_class as _our_class, recorded_models  # noqa
+
 TESTS = Path(__file__).resolve().parents[1]
 DATA = TESTS / "data" / "tf457"
 PRUNED = TESTS / "data" / "bert_pruned"
 SRC = TESTS.parent / "src"
-if not (DATA / "inputs.json").is_file():
-    pytest.skip("tests/data/tf457 is missing: run tests/reference/record_tf_457.py", allow_module_level=True)
-
-INPUTS = json.loads((DATA / "inputs.json").read_text())
-CASES = {p.name: json.loads((p / "expected.json").read_text())
-         for p in sorted(DATA.iterdir()) if (p / "expected.json").is_file()}
+INPUTS, CASES = load_recordings(DATA, "record_tf_457.py")
 SHARDED = [n for n, m in CASES.items() if "shard" in m["options"]]
 BASE_CLASS = {"bert": "TFBertModel", "gpt2": "TFGPT2Model", "t5": "TFT5Model", "mistral": "TFMistralModel"}
-ATOL = RTOL = 1e-5
 
 
 # ---- helpers ---------------------------------------------------------------------------------------------------
@@ -86,21 +83,7 @@ def our_class(family: str, name: str):
     """Our TF class by its 4.x name: the package export, else the family's modeling_tf module. Skips while the
     family's TF module does not exist yet; any other import error fails."""
     tf_module()
-    import pretrained
-
-    cls = getattr(pretrained, name, None)
-    if cls is None:
-        module = f"pretrained.models.{family}.modeling_tf"
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            pytest.skip(f"{module} does not exist yet")
-        cls = getattr(mod, name, None)
-    if cls is None:
-        pytest.skip(f"{name} is not implemented yet")
-    return cls
+    return _our_class(family, name, "tf")
 
 
 def forward_kwargs(meta: dict) -> dict:
@@ -108,26 +91,10 @@ def forward_kwargs(meta: dict) -> dict:
     return {k: tf.constant(np.array(INPUTS[k], dtype=np.int32)) for k in meta["forward_inputs"]}
 
 
-def assert_outputs(out, meta: dict, folder: Path) -> None:
-    for field in meta["fields"]:
-        got = getattr(out, field, None)
-        assert got is not None, f"output has no {field}"
-        np.testing.assert_allclose(np.asarray(got, dtype=np.float32), np.load(folder / f"{field}.npy"),
-                                   atol=ATOL, rtol=RTOL, err_msg=f"{meta['class']}.{field}")
-
-
 @pytest.fixture(scope="module")
 def loaded():
     """Each case's model, loaded once from its recorded folder."""
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            meta = CASES[name]
-            cache[name] = our_class(meta["family"], meta["class"]).from_pretrained(DATA / name)
-        return cache[name]
-
-    return get
+    return recorded_models(CASES, DATA, our_class)
 
 
 # ---- the recordings ----------------------------------------------------------------------------------------------
@@ -231,8 +198,7 @@ def test_head_folder_loads_into_base_class(name):
     meta = CASES[name]
     base = our_class(meta["family"], meta["as_base"]["class"]).from_pretrained(DATA / name)
     out = base(**forward_kwargs(meta), training=False)  # T5: TFT5Model, with the decoder inputs
-    np.testing.assert_allclose(np.asarray(getattr(out, meta["as_base"]["field"]), dtype=np.float32),
-                               np.load(DATA / name / "as_base.npy"), atol=ATOL, rtol=RTOL)
+    assert_as_base(out, meta, DATA / name)
 
 
 GEN = [(n, key) for n, m in CASES.items() for key in ("greedy", "greedy_left_padded") if key in m]
@@ -328,13 +294,7 @@ def test_our_h5_files_load_in_457():
     """Recorded by `record_tf_457.py --check-ours` (4.57 is not installed here): each folder our TF classes saved
     as h5 (and as our default safetensors, with from_pt=True) loaded in 4.57's TF class with every weight from the
     file and outputs equal to ours."""
-    path = DATA / "ours_in_457.json"
-    if not path.is_file():
-        pytest.skip("ours_in_457.json not recorded yet: run record_tf_457.py --check-ours with 4.57")
-    result = json.loads(path.read_text())
-    failed = {k: v for k, v in result["cases"].items() if not v.get("ok")}
-    assert not failed, failed
-    assert set(result["cases"]) >= set(CASES)
+    check_ours_in_457(DATA, "record_tf_457.py", CASES)
 
 
 # ---- BERT pruning and head_mask against 4.57's PyTorch classes ---------------------------------------------------

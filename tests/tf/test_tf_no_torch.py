@@ -10,9 +10,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -23,15 +20,9 @@ import torch  # noqa: E402
 
 import pretrained  # noqa: E402
 from blocking import BLOCKER  # noqa: E402
+from flax_tf_common import neutral_modules, no_torch_llama_config, run_json_script  # noqa: E402
 
-NEUTRAL = [
-    "pretrained", "pretrained.configuration", "pretrained.registry", "pretrained.auto", "pretrained.remote_code",
-    "pretrained.hub.resolve", "pretrained.hub.push", "pretrained.checkpoint.files", "pretrained.checkpoint.shards",
-    "pretrained.checkpoint.atomic", "pretrained.checkpoint.header", "pretrained.checkpoint.numpy_reader",
-    "pretrained.checkpoint.numpy_writer", "pretrained.checkpoint.report", "pretrained.checkpoint.h5",
-    "pretrained.generation.config", "pretrained.tf", "pretrained.tf.convert",
-    *(f"pretrained.models.{f}.configuration" for f in ("llama", "mistral", "qwen2", "gemma", "bert", "gpt2", "t5")),
-]
+NEUTRAL = neutral_modules(["pretrained.tf", "pretrained.tf.convert"], checkpoint_modules=["pretrained.checkpoint.h5"])
 
 TF_SCRIPT = BLOCKER + textwrap.dedent("""
     neutral, folder, out = json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
@@ -66,19 +57,14 @@ H5_SCRIPT = BLOCKER + textwrap.dedent("""
 
 
 def _run(script: str, *args: str) -> dict:
-    run = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_PLATFORMS": "cpu"})
-    assert run.returncode == 0, run.stderr[-3000:]
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    return run_json_script(script, *args, env={"TF_CPP_MIN_LOG_LEVEL": "3", "JAX_PLATFORMS": "cpu"})
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tf-no-torch")
     torch.manual_seed(0)
-    config = pretrained.LlamaConfig(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                                    num_attention_heads=4, num_key_value_heads=2, initializer_range=0.2)
-    pt = pretrained.LlamaForCausalLM.from_config(config).eval()
+    pt = pretrained.LlamaForCausalLM.from_config(no_torch_llama_config()).eval()
     pt.save_pretrained(folder / "ckpt")
     return folder, pt
 

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 
 tf = pytest.importorskip("tensorflow", reason="tensorflow not installed (pip install pretrained[tf])")
-import torch  # noqa: E402
 
 from pretrained.models import t5  # noqa: E402
 from pretrained.tf.outputs import TFBaseModelOutput  # noqa: E402
+
+from flax_tf_common import CLEAN, assert_h5_round_trip, close, pair_fixture, reload_in_pytorch, torch_call  # noqa
 
 V, C, D, F, L, H = 99, 32, 8, 37, 2, 4
 # 8 buckets and a max distance of 6: 9-token inputs reach the exact, the logarithmic and the last bucket
@@ -26,35 +27,9 @@ TINY = dict(vocab_size=V, d_model=C, d_kv=D, d_ff=F, num_layers=L, num_heads=H, 
             relative_attention_max_distance=6)
 V11 = {"tie_word_embeddings": False, "feed_forward_proj": "gated-gelu"}
 CASES = [("Model", {}), ("ForConditionalGeneration", {}), ("ForConditionalGeneration", V11), ("EncoderModel", {})]
-CLEAN = {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
 
 
-def perturb(model):
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-
-
-def close(actual, expected, what=""):
-    np.testing.assert_allclose(np.asarray(actual), np.asarray(expected), atol=1e-5, rtol=1e-5, err_msg=what)
-
-
-def _id(case):
-    return case[0] + ("-v1.1" if case[1] else "")
-
-
-@pytest.fixture(scope="module", params=CASES, ids=_id)
-def pair(request, tmp_path_factory):
-    """(PyTorch model, TF model loaded from its save, folder)."""
-    task, extra = request.param
-    torch.manual_seed(0)
-    model = getattr(t5, "T5" + task)(t5.T5Config(**TINY, **extra)).eval()
-    perturb(model)
-    folder = tmp_path_factory.mktemp(f"tf-t5-{_id(request.param)}")
-    model.save_pretrained(folder)
-    tf_model, info = getattr(t5, "TFT5" + task).from_pretrained(folder, output_loading_info=True)
-    assert info == CLEAN
-    return model, tf_model, folder
+pair = pair_fixture(t5, "T5", lambda **extra: t5.T5Config(**TINY, **extra), CASES, "TF", "tf-t5", variant="-v1.1")
 
 
 def batch(seed=1):
@@ -69,10 +44,7 @@ def batch(seed=1):
     return ids, mask, dec, dec_mask
 
 
-def torch_out(model, **kw):
-    t = lambda a: a if a is None or isinstance(a, bool) else torch.tensor(np.asarray(a), dtype=torch.long)  # noqa
-    with torch.no_grad():
-        return model(**{k: t(v) for k, v in kw.items()})
+torch_out = torch_call
 
 
 def is_seq2seq(tf_model) -> bool:
@@ -230,19 +202,13 @@ def test_weight_names_are_4x(pair):
 def test_tf_save_loads_in_pytorch_and_h5_round_trip(pair, tmp_path):
     model, tf_model, _ = pair
     tf_model.save_pretrained(tmp_path / "st")
-    reloaded, info = type(model).from_pretrained(tmp_path / "st", output_loading_info=True)
-    assert info["missing_keys"] == [] and info["unexpected_keys"] == [] and info["mismatched_keys"] == []
+    reloaded = reload_in_pytorch(model, tmp_path / "st")
     ids, mask, dec, dec_mask = batch()
     kw = dict(input_ids=ids, attention_mask=mask)
     if is_seq2seq(tf_model):
         kw.update(decoder_input_ids=dec, decoder_attention_mask=dec_mask)
     close(main(torch_out(reloaded.eval(), **kw)), main(torch_out(model, **kw)))
-    tf_model.save_pretrained(tmp_path / "h5", safe_serialization=False)
-    again, info = type(tf_model).from_pretrained(tmp_path / "h5", output_loading_info=True)
-    assert info == CLEAN
-    theirs = {w.path.split("/", 1)[1]: w for w in again.weights}
-    for w in tf_model.weights:
-        np.testing.assert_array_equal(theirs[w.path.split("/", 1)[1]].numpy(), w.numpy(), err_msg=w.path)
+    assert_h5_round_trip(tf_model, tmp_path / "h5")
 
 
 def test_encoder_model_reads_a_full_checkpoint(pair):
