@@ -6,14 +6,19 @@ Sides (each a fresh child process; bench/.cache/llama-1b-bf16, the bf16 ~1B Llam
   ours-int4        ... quantization_config=TorchAoConfig("int4_weight_only", group_size=128)
   ours-int4-h8     ... TorchAoConfig("int4_weight_only", group_size=128, lm_head_bits=8)
   ours-int4-asym   ... TorchAoConfig("int4_weight_only", group_size=128, symmetric=False)
+  ours-int4-static ... int4, generate(..., cache_implementation="static")
+  ours-int4-compiled  int4, static cache + compile_config=CompileConfig(): the compiled decoding step
   ref-bf16         transformers' from_pretrained(path, dtype=bfloat16)
-  ref-nf4          transformers + BitsAndBytesConfig(load_in_4bit=True, nf4, compute bf16): the reference's best
-                   int4 path that works on this CPU (its torchao int4 needs a kernel package this CPU lacks)
+  ref-nf4          transformers + BitsAndBytesConfig(load_in_4bit=True, nf4, compute bf16): the reference's int4
+                   path that works on this CPU (its torchao int4 needs a kernel package this CPU lacks)
+  ref-nf4-static   the same with cache_implementation="static": the reference's fastest int4 here (it does not
+                   compile a bitsandbytes model, and says so)
   ref-int8         transformers + BitsAndBytesConfig(load_in_8bit=True)
-Each child: loads (LOAD seconds), one untimed 8-token generate, then one timed greedy generate of 64 new tokens,
-batch 1 (TIME), and prints a checksum of the tokens. Steady RSS is the child's resident memory after generating
-(mapped checkpoint pages the model touched included); peak RSS is its ru_maxrss (for the quantized sides the
-load's peak). Runs alternate the sides; medians are reported.
+Each child: loads (LOAD seconds), one untimed generate of the same length (compilation, for the compiled side:
+not in TIME), then one timed greedy generate of 64 new tokens, batch 1 (TIME), and prints a
+checksum of the tokens. Steady RSS is the child's resident memory after generating (mapped checkpoint pages the
+model touched included); peak RSS is its ru_maxrss (for the quantized sides the load's peak). Runs alternate the
+sides; medians are reported.
 
 Then, in this process, per-layer cosine similarity of the quantized layer's output to the float layer's on random
 bf16 inputs, for int8 and int4 g32/g64/g128, over a sample of the checkpoint's Linear weights.
@@ -45,9 +50,9 @@ m = AutoModelForCausalLM.from_pretrained({path!r}, {kwargs}).eval()
 print("LOAD", round(time.perf_counter() - t0, 2))
 print("STEADY", rss())
 ids = torch.randint(3, 32000, (1, 16), generator=torch.Generator().manual_seed(0))
-kw = dict(do_sample=False, eos_token_id=None, pad_token_id=0)
+kw = dict(do_sample=False, eos_token_id=None, pad_token_id=0{gen})
 with torch.no_grad():
-    m.generate(ids, max_new_tokens=8, min_new_tokens=8, **kw)
+    m.generate(ids, max_new_tokens={n}, min_new_tokens={n}, **kw)  # untimed: compiles where the side compiles
     t0 = time.perf_counter()
     out = m.generate(ids, max_new_tokens={n}, min_new_tokens={n}, **kw)
     t = time.perf_counter() - t0
@@ -60,16 +65,25 @@ print(int((new * torch.arange(1, new.numel() + 1)).sum()) % 1000003)
 
 OURS = "from pretrained import AutoModelForCausalLM, TorchAoConfig"
 REF = "from transformers import AutoModelForCausalLM, BitsAndBytesConfig"
-SIDES = {
-    "ours-bf16": (OURS, "dtype=torch.bfloat16"),
-    "ours-int8": (OURS, 'quantization_config=TorchAoConfig("int8_weight_only")'),
-    "ours-int4": (OURS, 'quantization_config=TorchAoConfig("int4_weight_only", group_size=128)'),
-    "ours-int4-h8": (OURS, 'quantization_config=TorchAoConfig("int4_weight_only", group_size=128, lm_head_bits=8)'),
-    "ours-int4-asym": (OURS, 'quantization_config=TorchAoConfig("int4_weight_only", group_size=128, symmetric=False)'),
-    "ref-bf16": (REF, "dtype=torch.bfloat16"),
-    "ref-nf4": (REF, "dtype=torch.bfloat16, quantization_config=BitsAndBytesConfig(load_in_4bit=True, "
-                     "bnb_4bit_quant_type='nf4', bnb_4bit_compute_dtype=torch.bfloat16)"),
-    "ref-int8": (REF, "dtype=torch.bfloat16, quantization_config=BitsAndBytesConfig(load_in_8bit=True)"),
+STATIC = ', cache_implementation="static"'
+NF4 = "dtype=torch.bfloat16, quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type='nf4', " \
+      "bnb_4bit_compute_dtype=torch.bfloat16)"
+INT4 = 'quantization_config=TorchAoConfig("int4_weight_only", group_size=128)'
+SIDES = {  # name: (imports, from_pretrained keywords, generate keywords)
+    "ours-bf16": (OURS, "dtype=torch.bfloat16", ""),
+    "ours-int8": (OURS, 'quantization_config=TorchAoConfig("int8_weight_only")', ""),
+    "ours-int4": (OURS, INT4, ""),
+    "ours-int4-h8": (OURS, 'quantization_config=TorchAoConfig("int4_weight_only", group_size=128, lm_head_bits=8)', ""),
+    "ours-int4-asym": (OURS, 'quantization_config=TorchAoConfig("int4_weight_only", group_size=128, symmetric=False)',
+                       ""),
+    "ours-int4-static": (OURS, INT4, STATIC),
+    "ours-int4-compiled": (OURS + "\nfrom pretrained.generation.config import CompileConfig", INT4,
+                           STATIC + ", compile_config=CompileConfig()"),
+    "ref-bf16": (REF, "dtype=torch.bfloat16", ""),
+    "ref-nf4": (REF, NF4, ""),
+    # the reference's fastest int4 here: its static cache (it skips compiling a bitsandbytes model, as it says)
+    "ref-nf4-static": (REF, NF4, STATIC),
+    "ref-int8": (REF, "dtype=torch.bfloat16, quantization_config=BitsAndBytesConfig(load_in_8bit=True)", ""),
 }
 
 
@@ -88,8 +102,8 @@ def speed(args):
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
     path = str(args.path)
     sides = args.sides.split(",")
-    codes = {s: CHILD.format(setup=SIDES[s][0], kwargs=SIDES[s][1], path=path, n=NEW_TOKENS, threads=args.threads)
-             for s in sides}
+    codes = {s: CHILD.format(setup=SIDES[s][0], kwargs=SIDES[s][1], gen=SIDES[s][2], path=path, n=NEW_TOKENS,
+                             threads=args.threads) for s in sides}
     print(f"\n=== generate {NEW_TOKENS} tokens, greedy, batch 1, {args.threads} thread(s), {path} ===", flush=True)
     for side in sides:
         print(f"  warm-up {side} ...", flush=True)
@@ -106,15 +120,15 @@ def speed(args):
             r["steady"].append(extra["AFTER"])
             r["load"].append(extra["LOAD"])
             r["out"].append(checksum)
-            print(f"  run {i + 1} {side:13s} {NEW_TOKENS / inner:6.2f} tok/s  load {extra['LOAD']:5.1f} s  "
+            print(f"  run {i + 1} {side:18s} {NEW_TOKENS / inner:6.2f} tok/s  load {extra['LOAD']:5.1f} s  "
                   f"steady RSS {extra['AFTER'] / 2**30:5.2f} GiB  peak RSS {peak / 2**30:5.2f} GiB  "
                   f"out {checksum}", flush=True)
-    print(f"\n  {'side':13s} {'tok/s':>7s} {'load s':>7s} {'steady GiB':>11s} {'peak GiB':>9s}  tokens")
+    print(f"\n  {'side':18s} {'tok/s':>7s} {'load s':>7s} {'steady GiB':>11s} {'peak GiB':>9s}  tokens")
     med = {}
     for side, r in res.items():
         med[side] = {k: statistics.median(v) for k, v in r.items() if k != "out"}
         m = med[side]
-        print(f"  {side:13s} {m['tps']:7.2f} {m['load']:7.1f} {m['steady'] / 2**30:11.2f} {m['peak'] / 2**30:9.2f}"
+        print(f"  {side:18s} {m['tps']:7.2f} {m['load']:7.1f} {m['steady'] / 2**30:11.2f} {m['peak'] / 2**30:9.2f}"
               f"  {r['out'][-1]}")
 
     def ratio(a, b):
@@ -125,6 +139,7 @@ def speed(args):
 
     print()
     for a, b in [("ours-int4", "ref-nf4"), ("ours-int4-h8", "ref-nf4"), ("ours-int4-asym", "ref-nf4"),
+                 ("ours-int4-static", "ref-nf4-static"), ("ours-int4-compiled", "ref-nf4-static"),
                  ("ours-int4", "ours-bf16"),
                  ("ours-int8", "ours-bf16"), ("ours-int8", "ref-int8"), ("ours-bf16", "ref-bf16")]:
         ratio(a, b)
