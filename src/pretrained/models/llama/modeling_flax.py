@@ -16,11 +16,13 @@ Shapes: B batch, T new tokens, S attended positions, H heads, K kv heads, D head
 
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from ...flax.base import FlaxPreTrainedModel
@@ -120,6 +122,15 @@ class FlaxLlamaDecoderLayer(nn.Module):
         return x, weights
 
 
+@functools.cache
+def lifted_block(layer_class: type, remat: bool) -> type:
+    """The block class compiled once with `nn.jit` and reused by every layer (or `nn.remat` for gradient
+    checkpointing). Made once per class: linen keeps the compiled program on the lifted class, so lifting it again in
+    every `setup()` compiled the block again on every forward. Positional call: (x, cos, sin, attention_mask,
+    deterministic, init_cache, output_attentions); self is 0."""
+    return (nn.remat if remat else nn.jit)(layer_class, static_argnums=(5, 6, 7))
+
+
 class FlaxLlamaLayerCollection(nn.Module):
     """The blocks, named "0", "1", ... as 4.x names them (`model/layers/0/...`)."""
 
@@ -131,9 +142,7 @@ class FlaxLlamaLayerCollection(nn.Module):
     gradient_checkpointing: bool = False
 
     def setup(self) -> None:
-        # positional call: (x, cos, sin, attention_mask, deterministic, init_cache, output_attentions); self is 0
-        block = nn.remat(self.layer_class, static_argnums=(5, 6, 7)) if self.gradient_checkpointing \
-            else nn.jit(self.layer_class, static_argnums=(5, 6, 7))
+        block = lifted_block(self.layer_class, self.gradient_checkpointing)
         self.blocks = [block(self.config, self.dtype, self.param_dtype, window, name=str(i))
                        for i, window in enumerate(self.windows)]
 
@@ -254,12 +263,12 @@ class FlaxLlamaPreTrainedModel(FlaxPreTrainedModel):
         cfg = self.config
         input_ids = jnp.asarray(input_ids, dtype="i4")
         B, T = input_ids.shape
-        if attention_mask is None:
-            attention_mask = jnp.ones((B, T), dtype="i4")
+        if attention_mask is None:  # numpy defaults: called eagerly, no single-op program to compile
+            attention_mask = np.ones((B, T), dtype=np.int32)
         if position_ids is None:
             start = cache_index_of(past_key_values)
-            start = 0 if start is None else start
-            position_ids = jnp.broadcast_to(start + jnp.arange(T, dtype=jnp.int32), (B, T))
+            position_ids = np.broadcast_to(np.arange(T, dtype=np.int32), (B, T)) if start is None else \
+                jnp.broadcast_to(start + jnp.arange(T, dtype=jnp.int32), (B, T))
         return_dict = cfg.return_dict if return_dict is None else return_dict
         variables = {"params": self._params_or_own(params)}
         if past_key_values is not None:
