@@ -22,7 +22,9 @@ from pretrained.generation.streamers import TextStreamer, TokenStreamer
 transformers = pytest.importorskip("transformers")
 from transformers.generation import logits_process as ref_lp  # noqa: E402
 
-V = 64
+from flax_tf_common import GEN_VOCAB, prompts  # noqa: E402  (the three left-padded prompts every generate test uses)
+
+V = GEN_VOCAB
 
 
 def _reference_model(kind: str):
@@ -50,15 +52,6 @@ def pair(request, tmp_path_factory):
     return ref, auto.from_pretrained(folder), folder
 
 
-def _prompts():
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(3, V, (3, 7), generator=g)
-    mask = torch.ones_like(ids)
-    mask[1, :2] = 0
-    mask[2, :4] = 0
-    return ids.masked_fill(mask == 0, 0), mask
-
-
 def _same(ref, ours, ids, mask, **kw):
     expected = ref.generate(ids, attention_mask=mask, **kw)
     actual = ours.generate(ids, attention_mask=mask, **kw)
@@ -81,7 +74,7 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_parity_single_and_left_padded_batch(pair, case):
     ref, ours, _ = pair
-    ids, mask = _prompts()
+    ids, mask = prompts()
     _same(ref, ours, ids[:1], None, **CASES[case])
     _same(ref, ours, ids, mask, **CASES[case])
 
@@ -89,7 +82,7 @@ def test_parity_single_and_left_padded_batch(pair, case):
 def test_parity_eos_stops(pair):
     """EOS chosen among the tokens greedy decoding produces, so that rows stop (and are padded) at different steps."""
     ref, ours, _ = pair
-    ids, mask = _prompts()
+    ids, mask = prompts()
     free = ours.generate(ids, attention_mask=mask, max_new_tokens=10, eos_token_id=None)
     start = 1 if ours.config.is_encoder_decoder else ids.shape[1]
     eos = [int(free[0, start + 2]), int(free[1, start + 5])]
@@ -105,7 +98,7 @@ def test_parity_eos_stops(pair):
 
 def test_seeded_sampling(pair):
     ref, ours, _ = pair
-    ids, mask = _prompts()
+    ids, mask = prompts()
     for kw in (dict(do_sample=True, top_k=20, top_p=0.9, temperature=0.7),
                dict(do_sample=True, min_p=0.1, num_return_sequences=2)):
         torch.manual_seed(3)
@@ -122,7 +115,7 @@ def test_seeded_sampling(pair):
 
 def test_max_length_and_no_cache(pair):
     ref, ours, _ = pair
-    ids, mask = _prompts()
+    ids, mask = prompts()
     length = 12 if not ours.config.is_encoder_decoder else 6
     out = _same(ref, ours, ids, mask, max_length=length, eos_token_id=None)  # no early stop
     assert out.shape[1] == length
@@ -136,7 +129,7 @@ def test_static_cache_gives_the_same_tokens(pair):
     from pretrained.generation.loop import _Decoder
 
     ref, ours, _ = pair
-    ids, mask = _prompts()
+    ids, mask = prompts()
     fixed = []
     real_fix = _Decoder.fix
 
@@ -158,7 +151,7 @@ def test_static_cache_gives_the_same_tokens(pair):
 
 def test_streamer_gets_prompt_then_each_token(pair):
     _, ours, _ = pair
-    ids, _ = _prompts()
+    ids, _ = prompts()
     seen = []
     streamer = TokenStreamer(callback=seen.append)
     out = ours.generate(ids[:1], max_new_tokens=6, streamer=streamer, eos_token_id=None)
@@ -196,7 +189,7 @@ def test_fixed_static_cache_matches_the_reference_and_the_dynamic_cache(llama, k
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(_Decoder, "fix", fix)
-        ids, mask = _prompts()
+        ids, mask = prompts()
         for prompt, prompt_mask in ((ids[:1], None), (ids, mask)):
             expected = ref.generate(prompt, attention_mask=prompt_mask, **kw)
             static = ours.generate(prompt, attention_mask=prompt_mask, cache_implementation="static", **kw)
@@ -226,7 +219,7 @@ def test_compiled_step_matches_the_reference_and_compiles_once(llama, monkeypatc
 
     monkeypatch.setattr(torch, "compile", spy)
     compiled_module._STEPS.pop(ours, None)  # compiled afresh here, whichever test of this module ran first
-    ids, _ = _prompts()
+    ids, _ = prompts()
     kw = dict(max_new_tokens=20, cache_implementation="static", compile_config=CompileConfig())
     expected = ref.generate(ids[:1], max_new_tokens=20)
     first = ours.generate(ids[:1], **kw)
@@ -242,7 +235,7 @@ def test_compiled_step_matches_the_reference_and_compiles_once(llama, monkeypatc
 
 def test_compiled_step_left_padded_batch_matches_the_reference(llama, inductor):
     ref, ours = llama
-    ids, mask = _prompts()
+    ids, mask = prompts()
     expected = ref.generate(ids[:2], attention_mask=mask[:2], max_new_tokens=20)
     actual = ours.generate(ids[:2], attention_mask=mask[:2], max_new_tokens=20, cache_implementation="static",
                            compile_config=CompileConfig())
@@ -266,7 +259,7 @@ def test_compiled_t5_step_matches_the_reference(monkeypatch, tmp_path, inductor)
         return real_call(self, **inputs)
 
     monkeypatch.setattr(compiled_module.CompiledStep, "__call__", counted)
-    ids, _ = _prompts()
+    ids, _ = prompts()
     kw = dict(max_new_tokens=10, cache_implementation="static", compile_config=CompileConfig())
     expected = ref.generate(ids[:1], max_new_tokens=10)
     first = ours.generate(ids[:1], **kw)
@@ -426,7 +419,7 @@ def _same_steps(expected, actual, what):
 @pytest.mark.parametrize("case", list(DICT_CASES))
 def test_dict_outputs_match_the_reference(pair, case):
     ref, ours, _ = pair
-    ids, mask = _prompts()
+    ids, mask = prompts()
     kw = dict(DICT_CASES[case], return_dict_in_generate=True, output_scores=True, output_logits=True)
     if case == "beam_returns_eos":
         free = ours.generate(ids, attention_mask=mask, **dict(DICT_CASES[case], eos_token_id=None))
@@ -462,7 +455,7 @@ def test_dict_outputs_match_the_reference(pair, case):
 
 def test_dict_outputs_only_what_is_asked(pair):
     ref, ours, _ = pair
-    ids, mask = _prompts()
+    ids, mask = prompts()
     for kw in (dict(), dict(output_logits=True), dict(num_beams=2), dict(num_beams=2, output_logits=True)):
         kw = dict(kw, max_new_tokens=4, return_dict_in_generate=True)
         expected = ref.generate(ids, attention_mask=mask, **kw)
@@ -538,7 +531,7 @@ def test_generation_config_round_trip(pair, tmp_path):
     assert transformers.GenerationConfig.from_pretrained(tmp_path).max_new_tokens == 4
     again = type(ours).from_pretrained(tmp_path)
     assert again.generation_config == ours.generation_config
-    ids, _ = _prompts()
+    ids, _ = prompts()
     assert again.generate(ids[:1]).shape[1] - ours.generate(ids[:1], max_new_tokens=4).shape[1] == 0
     ours.generation_config.max_new_tokens = None
     ours.generation_config.top_k = None
@@ -594,7 +587,7 @@ def test_invalid_file_names_path_and_field(tmp_path):
 
 def test_unsupported_options_raise(pair):
     _, ours, _ = pair
-    ids, _ = _prompts()
+    ids, _ = prompts()
     with pytest.raises(ValueError, match="stop_strings.*tokenizer"):
         ours.generate(ids[:1], stop_strings=["x"])
     with pytest.raises(ConfigError, match="num_return_sequences"):
@@ -778,7 +771,7 @@ def test_default_compile_falls_back_when_compiling_fails(llama, monkeypatch):
     monkeypatch.setattr(loop, "compile_settings", lambda model, config, device: (
         None if config.get("disable_compile") else config.get("compile_config") or CompileConfig()))
     compiled_module._STEPS.pop(ours, None)
-    ids, _ = _prompts()
+    ids, _ = prompts()
     expected = ref.generate(ids[:1], max_new_tokens=6)
     with pytest.warns(RuntimeWarning, match="compiling the decoding step failed .RuntimeError: no C.. compiler"):
         assert torch.equal(ours.generate(ids[:1], max_new_tokens=6, cache_implementation="static"), expected)
@@ -799,7 +792,7 @@ def test_generate_continues_from_a_given_cache(pair, keyword):
     ref, ours, _ = pair
     if ours.config.is_encoder_decoder:
         pytest.skip("a prefix cache is a decoder-only use")
-    ids, mask = _prompts()
+    ids, mask = prompts()
     ids, mask = ids[:1, -6:], mask[:1, -6:]  # one unpadded prompt
     full = ours.generate(ids, max_new_tokens=5)
     prefix = ours(input_ids=ids[:, :4], use_cache=True).cache
