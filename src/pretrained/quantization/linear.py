@@ -77,8 +77,6 @@ def _rounded(weight: torch.Tensor, bits: int, group_size: int | None, dtype: tor
 BLOCK_ELEMENTS = 1 << 18
 CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85)  # candidate shrinkings of a group's range; the least squared error wins
 REFINE_STEPS = 2  # then this many rounds of (least-squares scale for the chosen integers, re-round)
-
-
 SYMMETRIC_DIVISORS = (8.0, 8.5, 9.0)  # candidate scales absmax / d of a symmetric int4 group; least squared error wins
 
 
