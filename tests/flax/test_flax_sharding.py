@@ -41,8 +41,11 @@ SCRIPT = textwrap.dedent("""
     per_device = sorted(bytes_per_device(sharded.params).values())
     model, params = FlaxAutoModelForCausalLM.from_pretrained(folder, mesh=mesh, _do_init=False)
     diff_no_init = float(np.abs(np.asarray(model(ids, params=params).logits) - np.asarray(plain(ids).logits)).max())
+    base_only = FlaxAutoModelForCausalLM.from_pretrained(sys.argv[2], mesh=mesh)  # lm_head initialised on the mesh
+    fresh_head = base_only.params["lm_head"]["kernel"]
     print(json.dumps({"diff": diff, "diff_no_init": diff_no_init, "specs": specs, "q_shards": shard_shapes,
-                      "total": total, "per_device": per_device}))
+                      "total": total, "per_device": per_device, "fresh_head": list(fresh_head.sharding.spec),
+                      "fresh_missing": base_only.loading_info.missing_keys}))
 """)
 
 
@@ -50,10 +53,11 @@ def test_mesh_places_each_slice(tmp_path):
     torch.manual_seed(0)
     config = pretrained.LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
                                     num_attention_heads=4, num_key_value_heads=2, initializer_range=0.2)
-    pretrained.LlamaForCausalLM.from_config(config).save_pretrained(tmp_path)
+    pretrained.LlamaForCausalLM.from_config(config).save_pretrained(tmp_path / "lm")
+    pretrained.LlamaModel.from_config(config).save_pretrained(tmp_path / "base")
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    run = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True, text=True, timeout=600,
-                         env=env)
+    run = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "lm"), str(tmp_path / "base")],
+                         capture_output=True, text=True, timeout=600, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     r = json.loads(run.stdout.strip().splitlines()[-1])
     assert r["diff"] < 1e-5 and r["diff_no_init"] < 1e-5
@@ -64,3 +68,4 @@ def test_mesh_places_each_slice(tmp_path):
     replicated = 4 * 64 * 5  # the five norms stay whole on every device (the embedding splits by vocabulary)
     assert r["per_device"] == [replicated + (r["total"] - replicated) // 2] * 2
     assert r["per_device"][0] < 0.6 * r["total"]
+    assert r["fresh_missing"] == ["lm_head/kernel"] and r["fresh_head"] == [None, "model"]

@@ -326,6 +326,7 @@ class FlaxPreTrainedModel(NeutralModelMixin, PushToHubMixin, FlaxGenerationMixin
         rules = KeyRules.of(cls.flax_key_rules)
         plan = plan_load(reader, shapes, cls.base_model_prefix, rules)
         check_mismatches(plan, ignore_mismatched_sizes)
+        tp = None
         if mesh is not None:
             has_prefix = bool(cls.base_model_prefix) and any(p[0] == cls.base_model_prefix for p in shapes)
             tp = partition_plan(cls, config, has_prefix)
@@ -343,14 +344,7 @@ class FlaxPreTrainedModel(NeutralModelMixin, PushToHubMixin, FlaxGenerationMixin
         missing = list(plan.missing) + [sl.path for sl, *_ in plan.mismatched]
         if missing and do_init:
             fresh = model._init_only(missing, model.key)
-            if mesh is not None:
-                from jax.sharding import NamedSharding
-
-                axis = tp_axis(mesh, mesh_axis)
-                for p, value in fresh.items():
-                    spec, _ = spec_for(slot(p, value.ndim, rules), value.shape, tp, axis, mesh.shape[axis])
-                    fresh[p] = jax.device_put(value, NamedSharding(mesh, spec))
-            flat.update(fresh)
+            flat.update(fresh if mesh is None else _on_mesh(fresh, mesh, mesh_axis, tp, rules))
         elif missing:
             model._missing_keys = set(missing)
             logger.warning(
@@ -423,6 +417,18 @@ class FlaxPreTrainedModel(NeutralModelMixin, PushToHubMixin, FlaxGenerationMixin
                         index_json=lambda index: json.dumps(index, indent=2, sort_keys=True) + "\n")
         if push_to_hub:
             self._push_after_save(save_directory, before, push, weights=weights)
+
+
+def _on_mesh(fresh: dict[Path, jax.Array], mesh: Any, mesh_axis: str | None, tp: Any, rules: Any) -> dict:
+    """Freshly initialised parameters placed in the shardings the partition plan gives them on `mesh`."""
+    from jax.sharding import NamedSharding
+
+    axis = tp_axis(mesh, mesh_axis)
+    placed = {}
+    for p, value in fresh.items():
+        spec, _ = spec_for(slot(p, value.ndim, rules), value.shape, tp, axis, mesh.shape[axis])
+        placed[p] = jax.device_put(value, NamedSharding(mesh, spec))
+    return placed
 
 
 class _HostArray:
