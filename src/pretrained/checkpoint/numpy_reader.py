@@ -2,8 +2,8 @@
 
 The header is parsed and checked by `header.py` (safetensors' own rules, every defect a CorruptCheckpointError
 naming the file and tensor); the data is mapped read-only (`mmap`) and each tensor is a numpy view of its bytes, so
-reading costs nothing until the bytes are used, and a framework that can alias host memory (JAX on the CPU does)
-keeps the view itself: zero copy when the dtype fits. bfloat16 and the float8 types come from `ml_dtypes`.
+reading costs nothing until the bytes are used, and each framework copies a view straight into its own memory,
+in its own layout (the Flax loader hands JAX transposed views: one pass, no intermediate copy). bfloat16 and the float8 types come from `ml_dtypes`.
 
     reader = NumpyCheckpointReader(["model.safetensors"])
     reader.infos["lm_head.weight"].shape      # from the header, nothing read
@@ -18,7 +18,6 @@ never in place, so a checkpoint saved over the one being read is safe.
 from __future__ import annotations
 
 import mmap
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,19 +63,11 @@ class ArrayInfo:
     nbytes: int
 
 
-def aligned_empty(nbytes: int, alignment: int = 64) -> np.ndarray:
-    """An uninitialised uint8 buffer of `nbytes` whose first byte is `alignment`-aligned."""
-    raw = np.empty(nbytes + alignment, np.uint8)
-    skip = (-raw.ctypes.data) % alignment
-    return raw[skip:skip + nbytes]
-
-
 class MappedFiles:
     """Read-only mappings of files, opened on first use and shared by every array taken from them."""
 
     def __init__(self) -> None:
         self._maps: dict[str, mmap.mmap | None] = {}
-        self._fds: dict[str, int] = {}
 
     def view(self, path: str, start: int, nbytes: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
         if nbytes == 0:
@@ -87,23 +78,6 @@ class MappedFiles:
                 mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
             self._maps[path] = mm
         return np.frombuffer(mm, dtype=dtype, count=nbytes // dtype.itemsize, offset=start).reshape(shape)
-
-    def read(self, path: str, start: int, nbytes: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
-        """A copy of [start, start + nbytes) in memory of its own, aligned to 64 bytes (so a runtime that adopts
-        aligned host memory, JAX on the CPU, takes it without copying again), read with positioned reads (no
-        mapping: nothing of the file stays resident). A file shorter than its header says raises ValueError."""
-        out = aligned_empty(nbytes)
-        if nbytes:
-            fd = self._fds.get(path)
-            if fd is None:
-                fd = self._fds.setdefault(path, os.open(path, os.O_RDONLY))
-            view, done = memoryview(out), 0
-            while done < nbytes:
-                n = os.preadv(fd, [view[done:]], start + done)
-                if n <= 0:
-                    raise ValueError(f"the file ends {nbytes - done} bytes before the tensor does")
-                done += n
-        return out.view(dtype).reshape(shape)
 
     def release(self, path: str, start: int, nbytes: int) -> None:
         """Drop the pages of [start, start + nbytes) from this process (they are read again if used)."""
@@ -118,8 +92,6 @@ class MappedFiles:
 
     def close(self) -> None:
         """Unmap what no array still uses (a mapping with live views stays until they are gone)."""
-        for path in list(self._fds):
-            os.close(self._fds.pop(path))
         for path, mm in list(self._maps.items()):
             try:
                 mm.close()
@@ -181,11 +153,6 @@ class NumpyCheckpointReader:
         """A read-only numpy view of tensor `name`, mapped from its file."""
         info = self.infos[name]
         return self._files.view(info.path, info.start, info.nbytes, info.dtype, info.shape)
-
-    def owned_array(self, name: str) -> np.ndarray:
-        """Tensor `name` read into aligned memory of its own (see `MappedFiles.read`)."""
-        info = self.infos[name]
-        return self._files.read(info.path, info.start, info.nbytes, info.dtype, info.shape)
 
     def release(self, name: str) -> None:
         info = self.infos[name]

@@ -7,10 +7,11 @@ from the mapped file to its device array.
    the PyTorch layout and go through `convert.py`.
 2. Names: every Flax parameter path names one checkpoint tensor (`convert.slot`); base-model prefix added or
    stripped as the PyTorch loader does. Every shape is checked from the headers before a byte of data is read.
-3. Data: for one device, each tensor is read (positioned reads, no mapping) into 64-byte-aligned memory, which JAX
-   on the CPU adopts without a copy; transposed there when its layout differs. For a mesh, each device's slice is
-   cut from a view of the mapped file, whose pages are released once placed. A few tensors at a time, on threads
-   (the copies and transposes run in native code), so the peak stays near one copy of the parameters.
+3. Data: each tensor is a view of the mapped file, handed to the runtime in the Flax layout (a transposed view
+   where the layouts differ), which copies it into memory of its own in one pass (`sharding.device_placer`); for a
+   mesh, each device's slice is cut from the view (`sharding.mesh_placer`). The file's pages are released once the
+   tensor is placed. A few tensors at a time, on threads (the copies run in native code), so the peak stays near
+   one copy of the parameters.
 """
 
 from __future__ import annotations
@@ -127,15 +128,13 @@ def stream(reader: Any, plan: LoadPlan, place: Callable[[Slot, np.ndarray], Any]
 
     Copies and transposes run in the runtime's native code, which releases the GIL: `workers` threads (default:
     twice the CPUs, at most 4, so reads overlap work) place tensors side by side, one each in flight, so memory stays
-    near one copy. A placer with `owned = True` gets each tensor read into aligned memory of its own instead of a
-    view of the mapping."""
+    near one copy."""
     names = [n for n in reader.names_on_disk() if n in plan.found]
     workers = workers or min(4, 2 * (os.cpu_count() or 1))
-    owned = getattr(place, "owned", False) and hasattr(reader, "owned_array")  # see sharding.device_placer
 
     def one(name: str) -> Any:
         try:
-            view = reader.owned_array(name) if owned else reader.array(name)
+            view = reader.array(name)
         except (OSError, ValueError) as e:  # the file changed since its header was read
             raise CorruptCheckpointError(
                 f"'{reader.infos[name].path}': tensor '{name}' cannot be read ({type(e).__name__}: {e}). "

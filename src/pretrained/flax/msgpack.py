@@ -265,15 +265,6 @@ class MsgpackReader:
         flat = [self._files.view(e.path, o, n, e.dtype, (n // e.dtype.itemsize,)) for o, n in e.pieces]
         return np.concatenate(flat).reshape(e.shape)
 
-    def owned_array(self, name: str) -> np.ndarray:
-        """Array `name` read into aligned memory of its own (see `MappedFiles.read`)."""
-        e = self.infos[name]
-        if len(e.pieces) == 1:
-            offset, nbytes = e.pieces[0]
-            return self._files.read(e.path, offset, nbytes, e.dtype, e.shape)
-        return np.concatenate([self._files.read(e.path, o, n, e.dtype, (n // e.dtype.itemsize,))
-                               for o, n in e.pieces]).reshape(e.shape)
-
     def release(self, name: str) -> None:
         e = self.infos[name]
         for offset, nbytes in e.pieces:

@@ -111,18 +111,17 @@ def mesh_placer(mesh: Mesh, plan: Mapping[str, str], axis: str | None, dtype: An
 
 
 def device_placer(device: Any = None, dtype: Any = None) -> Callable[[Slot, np.ndarray], jax.Array]:
-    """place(slot, array) -> the parameter on one device: the array handed over as it is (on the CPU, JAX adopts
-    64-byte-aligned host memory: no copy), transposed and cast there when needed."""
+    """place(slot, view of the mapped file) -> the parameter on one device. The view goes to the runtime in the Flax
+    layout (a transposed view where the layouts differ), which copies it into memory of its own in one pass: on the
+    CPU, PjRt's cache-blocked host transpose (a 5632 x 2048 bf16 kernel: ~8 ms, against ~50 ms for a compiled
+    `jnp.transpose` of a copy). Always a copy (`may_alias=False`): a parameter never shares the file's pages."""
 
     def place(slot: Slot, view: np.ndarray) -> jax.Array:
-        x = jax.device_put(view, device)
-        if slot.perm is not None:
-            x = jnp.transpose(x, slot.perm)
+        x = jax.device_put(slot.to_flax(view), device, may_alias=False)
         if dtype is not None and x.dtype != dtype:
             x = x.astype(dtype)
         return x.block_until_ready()
 
-    place.owned = True  # type: ignore[attr-defined]  # give me aligned memory of its own: adopted, not copied
     return place
 
 
