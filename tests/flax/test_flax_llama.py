@@ -123,6 +123,30 @@ def test_second_forward_compiles_nothing(fam, caplog):
     np.testing.assert_array_equal(np.asarray(first), np.asarray(second))
 
 
+def test_eager_blocks_equal_the_lifted_ones(fam):
+    """An eager forward runs each block as a program of its own (`eager_block`, compiled with the CPU options of
+    `eager_jit`); a traced call, or one that asks for attention weights, runs the lifted blocks: the same numbers (to
+    float32 rounding: the two compilers fuse differently)."""
+    ids = _ids(seed=5)
+    eager = fam.fx(ids, output_hidden_states=True)
+    lifted = fam.fx(ids, output_hidden_states=True, output_attentions=True)
+    traced = jax.jit(lambda i: fam.fx(i).logits)(ids)
+    for a, b in zip(eager.hidden_states, lifted.hidden_states, strict=True):
+        _close(a, b)
+    _close(eager.logits, lifted.logits)
+    _close(eager.logits, traced)
+
+
+def test_eager_jit_falls_back_where_the_options_are_unknown(monkeypatch):
+    from pretrained.flax import layers
+
+    monkeypatch.setattr(layers, "CPU_EAGER_OPTIONS", {"xla_no_such_option_here": True})
+    double = layers.eager_jit(lambda x: 2 * x)
+    np.testing.assert_array_equal(np.asarray(double(jnp.arange(3.0))), [0.0, 2.0, 4.0])  # compiled without them
+    with pytest.raises(TypeError):  # any other error still reaches the caller
+        layers.eager_jit(lambda x: x + "text")(jnp.arange(3.0))
+
+
 def test_dropout_only_in_train(fam):
     ids = _ids(seed=7)
     a = fam.fx(ids, train=False, dropout_rng=jax.random.PRNGKey(0)).logits

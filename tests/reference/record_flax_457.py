@@ -5,7 +5,7 @@ tests/flax/test_flax_legacy_457.py can check our Flax classes against them witho
 
     python3 -m venv /work/ref457/venv
     /work/ref457/venv/bin/pip install torch==2.13.0          # first: the local CPU build
-    /work/ref457/venv/bin/pip install transformers==4.57.6 jax==0.10.2 flax==0.12.8 safetensors msgpack
+    /work/ref457/venv/bin/pip install transformers==4.57.6 jax==0.10.2 flax==0.12.8 ml_dtypes==0.6.0 safetensors msgpack
     /work/ref457/venv/bin/python tests/reference/record_flax_457.py --install-shim
     /work/ref457/venv/bin/python tests/reference/record_flax_457.py               # writes tests/data/flax457/
 

@@ -33,6 +33,7 @@ from ...flax.layers import (
     attend,
     cache_index_of,
     causal_mask,
+    eager_jit,
     inverse_frequencies,
     matmul_t,
     rotary_cos_sin,
@@ -131,6 +132,15 @@ def lifted_block(layer_class: type, remat: bool) -> type:
     return (nn.remat if remat else nn.jit)(layer_class, static_argnums=(5, 6, 7))
 
 
+@functools.lru_cache(maxsize=64)
+def eager_block(layer_class: type, config: LlamaConfig, dtype: Any, param_dtype: Any, window: int | None) -> Any:
+    """One block's inference forward, (params, x, cos, sin, attention_mask) -> x, as a program of its own compiled
+    with the CPU options of `eager_jit`: what an eager call (outside any trace) runs, once per distinct block and
+    shape. Everything else (init, training, caches, attention weights, traced code) goes through `lifted_block`."""
+    layer = layer_class(config, dtype, param_dtype, window, parent=None)
+    return eager_jit(lambda params, x, cos, sin, mask: layer.apply({"params": params}, x, cos, sin, mask)[0])
+
+
 class FlaxLlamaLayerCollection(nn.Module):
     """The blocks, named "0", "1", ... as 4.x names them (`model/layers/0/...`)."""
 
@@ -149,6 +159,15 @@ class FlaxLlamaLayerCollection(nn.Module):
     def __call__(self, x, cos, sin, attention_mask, deterministic: bool = True, init_cache: bool = False,
                  output_attentions: bool = False, output_hidden_states: bool = False):
         all_hidden, all_attn = (), ()
+        if (deterministic and not (init_cache or output_attentions or self.is_initializing())
+                and not isinstance(x, jax.core.Tracer) and "cache" not in self.variables):
+            params = self.variables["params"]
+            for i, window in enumerate(self.windows):
+                if output_hidden_states:
+                    all_hidden += (x,)
+                run = eager_block(self.layer_class, self.config, self.dtype, self.param_dtype, window)
+                x = run(params[str(i)], x, cos, sin, attention_mask)
+            return x, (all_hidden if output_hidden_states else None), None
         for block in self.blocks:
             if output_hidden_states:
                 all_hidden += (x,)
