@@ -3,7 +3,8 @@
 The header is parsed and checked by `header.py` (safetensors' own rules, every defect a CorruptCheckpointError
 naming the file and tensor); the data is mapped read-only (`mmap`) and each tensor is a numpy view of its bytes, so
 reading costs nothing until the bytes are used, and each framework copies a view straight into its own memory,
-in its own layout (the Flax loader hands JAX transposed views: one pass, no intermediate copy). bfloat16 and the float8 types come from `ml_dtypes`.
+in its own layout (the Flax loader hands JAX transposed views: one pass, no intermediate copy). bfloat16 and the
+float8 types come from `ml_dtypes`.
 
     reader = NumpyCheckpointReader(["model.safetensors"])
     reader.infos["lm_head.weight"].shape      # from the header, nothing read
