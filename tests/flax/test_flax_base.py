@@ -93,6 +93,30 @@ def test_sharded_safetensors_both_ways(ckpt, fx, tmp_path):
     _close(pytorch_logits(back), logits)
 
 
+def test_parameters_never_share_the_files_pages(ckpt, tmp_path):
+    """Every parameter is a copy of its bytes, on one device and on a mesh: a checkpoint overwritten in place after
+    the load (same size, other bytes) changes nothing, even with every tensor 64-byte aligned in the file (memory
+    JAX on the CPU would otherwise adopt as it is)."""
+    raw = (ckpt[0] / "model.safetensors").read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = raw[8:8 + n].rstrip(b" ")
+    header += b" " * (-(8 + len(header)) % 64)  # safetensors pads its header with spaces
+    folder = tmp_path / "aligned"
+    folder.mkdir()
+    (folder / "config.json").write_bytes((ckpt[0] / "config.json").read_bytes())
+    path = folder / "model.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header + raw[8 + n:])
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("model",))
+    models = [pretrained.FlaxLlamaForCausalLM.from_pretrained(folder),
+              pretrained.FlaxLlamaForCausalLM.from_pretrained(folder, mesh=mesh)]
+    before = [jax.tree_util.tree_map(np.array, m.params) for m in models]
+    with open(path, "r+b") as f:
+        f.seek(8 + len(header))
+        f.write(bytes(len(raw) - 8 - n))
+    for model, params in zip(models, before, strict=True):
+        _same_params(model.params, params)
+
+
 def test_bf16_checkpoint_keeps_its_dtype(ckpt, tmp_path):
     pretrained.LlamaForCausalLM.from_pretrained(ckpt[0], dtype=torch.bfloat16).save_pretrained(tmp_path)
     model = pretrained.FlaxLlamaForCausalLM.from_pretrained(tmp_path)

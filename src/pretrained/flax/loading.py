@@ -7,9 +7,9 @@ from the mapped file to its device array.
    the PyTorch layout and go through `convert.py`.
 2. Names: every Flax parameter path names one checkpoint tensor (`convert.slot`); base-model prefix added or
    stripped as the PyTorch loader does. Every shape is checked from the headers before a byte of data is read.
-3. Data: each tensor is a view of the mapped file, handed to the runtime in the Flax layout (a transposed view
-   where the layouts differ), which copies it into memory of its own in one pass (`sharding.device_placer`); for a
-   mesh, each device's slice is cut from the view (`sharding.mesh_placer`). The file's pages are released once the
+3. Data: each tensor is a view of the mapped file in the Flax layout (a transposed view where the layouts differ),
+   copied once into memory of its own (`sharding._owned_copy`: the runtime's transposing copy, or an aligned copy
+   JAX adopts); for a mesh, each device's slice is cut from the view (`sharding.mesh_placer`). The file's pages are released once the
    tensor is placed. A few tensors at a time, on threads (the copies run in native code), so the peak stays near
    one copy of the parameters.
 """

@@ -8,7 +8,8 @@ each parameter follows from the PyTorch one through the same permutation `conver
 plan serves both frameworks. Parameters the plan does not name are replicated.
 
 With a mesh, each device's slice is read from the mapped checkpoint file and nothing else
-(`jax.make_array_from_callback`): no device, and no host buffer, ever holds a whole sharded tensor.
+(`jax.make_array_from_single_device_arrays`, each slice copied once from a view of the file, `_owned_copy`): no
+device, and no host buffer, ever holds a whole sharded tensor.
 """
 
 from __future__ import annotations
@@ -98,31 +99,46 @@ def mesh_placer(mesh: Mesh, plan: Mapping[str, str], axis: str | None, dtype: An
             dropped.append(note)
             warnings.warn(f"Partition plan: {note}; it is replicated instead.", UserWarning, stacklevel=4)
 
-        def piece(index: tuple) -> np.ndarray:
+        sharding = NamedSharding(mesh, spec)
+        pieces = []
+        for device, index in sharding.addressable_devices_indices_map(arr.shape).items():
             part = arr[index]
             if dtype is not None and part.dtype != dtype:
                 part = part.astype(dtype)
-            return np.ascontiguousarray(part)
-
-        return jax.make_array_from_callback(arr.shape, NamedSharding(mesh, spec), piece)
+            pieces.append(_owned_copy(part, device))
+        return jax.block_until_ready(jax.make_array_from_single_device_arrays(arr.shape, sharding, pieces))
 
     place.dropped = dropped  # type: ignore[attr-defined]
     return place
 
 
 def device_placer(device: Any = None, dtype: Any = None) -> Callable[[Slot, np.ndarray], jax.Array]:
-    """place(slot, view of the mapped file) -> the parameter on one device. The view goes to the runtime in the Flax
-    layout (a transposed view where the layouts differ), which copies it into memory of its own in one pass: on the
-    CPU, PjRt's cache-blocked host transpose (a 5632 x 2048 bf16 kernel: ~8 ms, against ~50 ms for a compiled
-    `jnp.transpose` of a copy). Always a copy (`may_alias=False`): a parameter never shares the file's pages."""
+    """place(slot, view of the mapped file) -> the parameter on one device, in memory of its own (`_owned_copy`),
+    cast there when asked."""
 
     def place(slot: Slot, view: np.ndarray) -> jax.Array:
-        x = jax.device_put(slot.to_flax(view), device, may_alias=False)
+        x = _owned_copy(slot.to_flax(view), device)
         if dtype is not None and x.dtype != dtype:
             x = x.astype(dtype)
         return x.block_until_ready()
 
     return place
+
+
+def _owned_copy(array: np.ndarray, device: Any) -> jax.Array:
+    """`array` (a view of the mapped file, in the Flax layout) copied once into memory the parameter owns. A strided
+    view (a transposed kernel) is copied by the runtime, which on the CPU transposes in one cache-blocked pass (a
+    5632 x 2048 bf16 kernel: ~8 ms, against ~50 ms for a compiled `jnp.transpose` of a copy). A contiguous one is
+    copied here into 64-byte-aligned memory, which JAX on the CPU adopts as it is: handed the view itself, JAX would
+    adopt the file's pages whenever they happen to be aligned (`may_alias=False` does not stop it for numpy input),
+    tying the parameter to the file."""
+    if array.flags.c_contiguous:
+        raw = np.empty(array.nbytes + 64, np.uint8)
+        skip = (-raw.ctypes.data) % 64
+        owned = raw[skip:skip + array.nbytes].view(array.dtype).reshape(array.shape)
+        np.copyto(owned, array)
+        array = owned
+    return jax.device_put(array, device)
 
 
 def bytes_per_device(params: Any) -> dict[Any, int]:
